@@ -1,0 +1,231 @@
+// Resumable framer for server replies (RESP2 and RESP3): finds where each top-level reply ends and its type byte.
+//
+// Counting instead of a stack (shared/design.md): `remaining` is the number of values still expected, not yet
+// started. It starts at 1; every value header subtracts 1; "*n", "~n", ">n" add n, "%n" adds 2n and an attribute
+// "|n" adds 2n without subtracting (it annotates the value that follows and is not itself counted). The reply is
+// complete when a value ends with `remaining == 0`.
+// Depth (for `maxDepth`) needs to know when an aggregate ends: an aggregate opened when `remaining` was r (after its
+// own header) ends when a value completes and `remaining` is back at r. Those thresholds are kept in a fixed inline
+// vector; they never decrease from outer to inner levels, so the innermost is the only one to compare against.
+
+/// Resumable framer for server replies: RESP2 and RESP3 (+ - : $ * _ # , ( ! = % ~ > |), no stack for counting
+/// (elements still expected), depth tracked for the limit.
+public struct ReplyFramer: Sendable {
+    /// Nesting levels the framer can track; `RESPLimits.maxDepth` values above this act as this.
+    public static let depthCapacity = 64
+
+    @usableFromInline
+    enum Phase: UInt8, Sendable {
+        case header       // the type byte of the next value
+        case line         // a simple line (+ - : _ # , (), before its "\r\n"
+        case lineCR       // a simple line whose last byte so far was '\r'
+        case count        // a count line ($ ! = * % ~ > |), before its '\r'
+        case countLF      // after the '\r' of a count line
+        case payload      // `bulkLeft` payload bytes still to come
+        case payloadCR
+        case payloadLF
+        case failed
+    }
+
+    @usableFromInline var phase: Phase = .header
+    @usableFromInline var remaining = 1              // values still expected in this reply
+    @usableFromInline var depth = 0                  // open aggregates (attributes included)
+    @usableFromInline var closeAt = -1               // threshold of the innermost open aggregate, -1 when none
+    @usableFromInline var thresholds = SIMD64<Int>() // thresholds of the open aggregates, outermost first
+    @usableFromInline var type: UInt8 = 0            // type byte of the value being read
+    @usableFromInline var topKind: UInt8 = 0
+    @usableFromInline var lineLength = 0
+    @usableFromInline var number = IntegerScanner()
+    @usableFromInline var bulkLeft = 0
+    @usableFromInline var error: FramingError = .unexpectedReplyType
+    @usableFromInline var errorByte: UInt8 = 0
+    @usableFromInline let maxBulkLength: Int
+    @usableFromInline let maxMultibulkLength: Int
+    @usableFromInline let maxLineLength: Int
+    @usableFromInline let maxDepth: Int
+
+    public init(limits: RESPLimits = RESPLimits()) {
+        maxBulkLength = limits.maxBulkLength
+        maxMultibulkLength = limits.maxMultibulkLength
+        maxLineLength = limits.maxReplyLineLength
+        maxDepth = min(limits.maxDepth, Self.depthCapacity)
+    }
+
+    /// Valid after `.frame`: type byte of the top-level value that completed (attributes skipped, i.e. the byte of
+    /// the value that followed a leading '|' attribute), e.g. UInt8(ascii: "-") for an error, ">" for a push.
+    @inlinable
+    public var kind: UInt8 { topKind }
+
+    /// True when no partial reply is buffered (the last `next` ended exactly at a frame boundary).
+    @inlinable
+    public var isAtFrameBoundary: Bool { phase == .header && remaining == 1 && depth == 0 }
+
+    public mutating func next(_ bytes: UnsafeRawBufferPointer, from offset: Int) -> FrameResult {
+        if phase == .failed { return .error(error.protocolError(byte: errorByte)) }
+        let end = bytes.count
+        guard offset < end, let base = bytes.baseAddress else { return .needMore }
+        var i = offset
+
+        while i < end {
+            switch phase {
+            case .header:
+                let c = base.load(fromByteOffset: i, as: UInt8.self)
+                i &+= 1
+                switch c {
+                case UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: ":"), UInt8(ascii: "_"),
+                     UInt8(ascii: "#"), UInt8(ascii: ","), UInt8(ascii: "("):
+                    lineLength = 0
+                    phase = .line
+                case UInt8(ascii: "$"), UInt8(ascii: "!"), UInt8(ascii: "="),
+                     UInt8(ascii: "*"), UInt8(ascii: "%"), UInt8(ascii: "~"), UInt8(ascii: ">"), UInt8(ascii: "|"):
+                    lineLength = 0
+                    number = IntegerScanner()
+                    phase = .count
+                default:
+                    return fail(.unexpectedReplyType, byte: c)
+                }
+                type = c
+                if c != UInt8(ascii: "|") {
+                    remaining &-= 1
+                    if depth == 0 { topKind = c }
+                }
+
+            case .line:
+                guard let cr = firstIndex(of: 13, in: base, from: i, to: end) else {
+                    lineLength &+= end &- i
+                    if lineLength > maxLineLength { return fail(.replyLineTooLong) }
+                    i = end
+                    break
+                }
+                lineLength &+= cr &- i
+                if lineLength > maxLineLength { return fail(.replyLineTooLong) }
+                i = cr &+ 1
+                if i == end {
+                    phase = .lineCR
+                } else if base.load(fromByteOffset: i, as: UInt8.self) == 10 {
+                    i &+= 1
+                    if let done = valueCompleted(at: i) { return done }
+                } else {
+                    lineLength &+= 1                  // a lone '\r' is part of the line (as in hiredis)
+                    if lineLength > maxLineLength { return fail(.replyLineTooLong) }
+                }
+
+            case .lineCR:
+                if base.load(fromByteOffset: i, as: UInt8.self) == 10 {
+                    i &+= 1
+                    if let done = valueCompleted(at: i) { return done }
+                } else {
+                    lineLength &+= 1                  // the '\r' was content; rescan this byte as part of the line
+                    if lineLength > maxLineLength { return fail(.replyLineTooLong) }
+                    phase = .line
+                }
+
+            case .count:
+                while i < end {
+                    let c = base.load(fromByteOffset: i, as: UInt8.self)
+                    i &+= 1
+                    if c == 13 {
+                        phase = .countLF
+                        break
+                    }
+                    lineLength &+= 1
+                    number.feed(c)
+                    if number.invalid { return fail(invalidLengthError) }
+                    if lineLength > maxLineLength { return fail(.replyLineTooLong) }
+                }
+
+            case .countLF:
+                let c = base.load(fromByteOffset: i, as: UInt8.self)
+                i &+= 1
+                guard c == 10, let n64 = number.value else { return fail(invalidLengthError) }
+                let n = Int(n64)
+                switch type {
+                case UInt8(ascii: "$"), UInt8(ascii: "!"), UInt8(ascii: "="):
+                    if n == -1 && type == UInt8(ascii: "$") {
+                        if let done = valueCompleted(at: i) { return done }
+                        break
+                    }
+                    guard n >= 0, n <= maxBulkLength else { return fail(.invalidBulkLength) }
+                    bulkLeft = n
+                    phase = n == 0 ? .payloadCR : .payload
+                default:
+                    if n == -1 && type == UInt8(ascii: "*") {
+                        if let done = valueCompleted(at: i) { return done }
+                        break
+                    }
+                    guard n >= 0, n <= maxMultibulkLength else { return fail(.invalidMultibulkLength) }
+                    if depth >= maxDepth { return fail(.nestingTooDeep) }
+                    let paired = type == UInt8(ascii: "%") || type == UInt8(ascii: "|")
+                    let (elements, overflow1) = paired ? n.multipliedReportingOverflow(by: 2) : (n, false)
+                    let (total, overflow2) = remaining.addingReportingOverflow(elements)
+                    if overflow1 || overflow2 { return fail(.invalidMultibulkLength) }
+                    if n == 0 {
+                        // Nothing opens. An empty attribute annotates the next value; an empty aggregate is a value.
+                        if type == UInt8(ascii: "|") {
+                            phase = .header
+                        } else if let done = valueCompleted(at: i) {
+                            return done
+                        }
+                        break
+                    }
+                    thresholds[depth] = remaining
+                    closeAt = remaining
+                    depth &+= 1
+                    remaining = total
+                    phase = .header
+                }
+
+            case .payload:
+                let n = min(bulkLeft, end &- i)
+                i &+= n
+                bulkLeft &-= n
+                if bulkLeft == 0 { phase = .payloadCR }
+
+            case .payloadCR:
+                guard base.load(fromByteOffset: i, as: UInt8.self) == 13 else { return fail(.expectedCRLF) }
+                i &+= 1
+                phase = .payloadLF
+
+            case .payloadLF:
+                guard base.load(fromByteOffset: i, as: UInt8.self) == 10 else { return fail(.expectedCRLF) }
+                i &+= 1
+                if let done = valueCompleted(at: i) { return done }
+
+            case .failed:
+                return .error(error.protocolError(byte: errorByte))
+            }
+        }
+        return .needMore
+    }
+
+    @usableFromInline
+    var invalidLengthError: FramingError {
+        switch type {
+        case UInt8(ascii: "$"), UInt8(ascii: "!"), UInt8(ascii: "="): return .invalidBulkLength
+        default: return .invalidMultibulkLength
+        }
+    }
+
+    /// A value ended at `end`: close the aggregates it completes; returns the frame when the reply is complete.
+    @inlinable
+    mutating func valueCompleted(at end: Int) -> FrameResult? {
+        phase = .header
+        while remaining == closeAt {
+            depth &-= 1
+            closeAt = depth > 0 ? thresholds[depth &- 1] : -1
+        }
+        if remaining == 0 {
+            remaining = 1
+            return .frame(end: end)
+        }
+        return nil
+    }
+
+    @usableFromInline
+    mutating func fail(_ e: FramingError, byte: UInt8 = 0) -> FrameResult {
+        phase = .failed
+        error = e
+        errorByte = byte
+        return .error(e.protocolError(byte: byte))
+    }
+}

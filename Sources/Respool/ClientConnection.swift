@@ -1,0 +1,375 @@
+// ClientConnection: one application client. Frames its requests without decoding them, routes each by its command
+// head, pipelines multiplexed commands onto the upstream connection it is pinned to while it has commands in flight,
+// and answers connection-level commands itself, always in the order the client sent them.
+import EventLoop
+import Logging
+import RESP
+import RespoolCore
+
+final class ClientConnection: Connection {
+    enum Stall {
+        case none
+        /// A command that respool answers itself waits until the client's in-flight commands are answered.
+        case barrier
+        /// Waiting for the pool (no upstream connection of the client's protocol can be had right now).
+        case pool
+    }
+
+    let id: Int
+    let isUnix: Bool
+    let createdAt: Double
+    var lastActive: Double
+    var framer: RequestFramer
+    /// Bytes of a request that has not fully arrived, or, while stalled, the stalled request and everything after it.
+    let partial = ByteChain()
+    /// The upstream connection this client's in-flight commands are on (nil when none are in flight).
+    var upstream: UpstreamConnection?
+    var inFlight = 0
+    var proto = 2
+    var db: Int
+    var name: [UInt8]?
+    var libName: [UInt8]?
+    var libVersion: [UInt8]?
+    var stall = Stall.none
+    var pendingHead = CommandHead()
+    var pendingLength = 0
+    var closeAfterFlush = false
+    var closeReason = ""
+    var lastCommand = SmallBytes()
+
+    init(proxy: Proxy, fd: Int32, id: Int, isUnix: Bool) {
+        self.id = id
+        self.isUnix = isUnix
+        framer = RequestFramer(limits: proxy.limits)
+        db = proxy.config.upstream.db
+        createdAt = proxy.base.now()
+        lastActive = createdAt
+        super.init(proxy: proxy, fd: fd)
+    }
+
+    deinit { partial.free() }
+
+    // MARK: input
+
+    override func readable() {
+        let scratch = proxy.scratch
+        switch Socket.read(fd, into: scratch, capacity: proxy.scratchSize) {
+        case .data(let n):
+            proxy.stats.clientBytesIn &+= n
+            lastActive = proxy.base.now()
+            process(UnsafeRawBufferPointer(start: scratch, count: n))
+        case .wouldBlock:
+            return
+        case .eof:
+            close(reason: "client_closed")
+        case .failed(let e):
+            close(reason: "read_error", detail: e.reason)
+        }
+    }
+
+    /// Frames `buf` and dispatches every complete request. Consecutive multiplexed requests are appended to the
+    /// upstream's output as one run.
+    func process(_ buf: UnsafeRawBufferPointer) {
+        let n = buf.count
+        let base = buf.baseAddress!
+        var offset = 0
+        var frameStart = 0
+        var runStart = 0
+        var runEnd = 0
+
+        @inline(__always) func flushRun() {
+            if runEnd > runStart {
+                upstream!.out.append(base + runStart, count: runEnd - runStart)
+                upstream!.markDirty()
+            }
+            runStart = 0
+            runEnd = 0
+        }
+
+        while offset < n {
+            switch framer.next(buf, from: offset) {
+            case .needMore:
+                flushRun()
+                partial.append(base + frameStart, count: n - frameStart)
+                return
+            case .frame(let end):
+                let head = framer.head
+                let fs = frameStart
+                let prefix = partial.count
+                offset = end
+                frameStart = end
+                if head.argc == 0 {
+                    // An empty request (*0, *-1, a blank inline line): no reply is due, nothing is sent.
+                    flushRun()
+                    if prefix > 0 { partial.removeAll() }
+                    continue
+                }
+                if !head.isInline, CommandTable.route(head.name) == .forward {
+                    var target = upstream
+                    if target == nil {
+                        switch proxy.pool.acquire(proto: proto) {
+                        case .ready(let u):
+                            upstream = u
+                            target = u
+                        case .wait:
+                            // Stall this request and everything after it until the pool has a connection.
+                            flushRun()
+                            stallInput(head: head, bytes: base + fs, count: n - fs, frameLength: prefix + end - fs, reason: .pool)
+                            return
+                        case .unavailable(let why):
+                            flushRun()
+                            if prefix > 0 { partial.removeAll() }
+                            replyError("ERR upstream unavailable: \(why)")
+                            proxy.stats.commandsFailed &+= 1
+                            continue
+                        }
+                    }
+                    let u = target!
+                    if prefix > 0 {
+                        flushRun()
+                        u.out.appendAll(of: partial)
+                        u.out.append(base + fs, count: end - fs)
+                        u.markDirty()
+                    } else if runEnd > runStart {
+                        runEnd = end
+                    } else {
+                        runStart = fs
+                        runEnd = end
+                    }
+                    u.enqueue(client: self)
+                    inFlight += 1
+                    proxy.stats.commandsForwarded &+= 1
+                    continue
+                }
+                // Everything else is the slow path: decode the request.
+                flushRun()
+                let handled: Bool
+                if prefix > 0 {
+                    var bytes = partial.copyBytes()
+                    bytes.append(contentsOf: UnsafeRawBufferPointer(start: base + fs, count: end - fs))
+                    handled = bytes.withUnsafeBytes { handleSlow(head: head, frame: $0) }
+                } else {
+                    handled = handleSlow(head: head, frame: UnsafeRawBufferPointer(start: base + fs, count: end - fs))
+                }
+                if !handled {
+                    stallInput(head: head, bytes: base + fs, count: n - fs, frameLength: prefix + end - fs, reason: stall)
+                    return
+                }
+                if prefix > 0 { partial.removeAll() }
+                if isClosed || closeAfterFlush { return }
+            case .error(let e):
+                flushRun()
+                protocolError(e)
+                return
+            }
+        }
+        flushRun()
+    }
+
+    /// Keeps a request that cannot be handled yet (and everything after it) and stops reading until it can.
+    private func stallInput(head: CommandHead, bytes: UnsafeRawPointer, count: Int, frameLength: Int, reason: Stall) {
+        partial.append(bytes, count: count)
+        pendingHead = head
+        pendingLength = frameLength
+        stall = reason
+        if reason == .pool { proxy.pool.addWaiter(self) }
+        disableReading()
+    }
+
+    /// Called (after the loop iteration) when the reason for a stall may be gone.
+    func resume() {
+        guard stall != .none, !isClosed else { return }
+        stall = .none
+        let bytes = partial.copyBytes()
+        partial.removeAll()
+        bytes.withUnsafeBytes { all in
+            let frame = UnsafeRawBufferPointer(rebasing: all[0..<pendingLength])
+            if !handleSlow(head: pendingHead, frame: frame) {
+                partial.append(all.baseAddress!, count: all.count)
+                if stall == .pool { proxy.pool.addWaiter(self) }
+                return
+            }
+            if isClosed || closeAfterFlush { return }
+            if all.count > pendingLength {
+                process(UnsafeRawBufferPointer(rebasing: all[pendingLength...]))
+            }
+        }
+        if stall == .none && !isClosed && !closeAfterFlush && !proxy.shuttingDown {
+            enableReading()
+        }
+    }
+
+    /// Handles a request off the fast path (contiguous bytes). Returns false when it must wait (`stall` says why).
+    private func handleSlow(head: CommandHead, frame: UnsafeRawBufferPointer) -> Bool {
+        if head.isInline {
+            let args: [[UInt8]]
+            do {
+                args = try InlineCommand.split(frame)
+            } catch {
+                if inFlight > 0 { stall = .barrier; return false }
+                protocolError(error)
+                return true
+            }
+            if args.isEmpty { return true }
+            let name = SmallBytes(lowercasing: args[0])
+            var arg1 = SmallBytes()
+            if args.count > 1 { arg1 = SmallBytes(lowercasing: args[1]) }
+            let h = CommandHead(argc: args.count, isInline: false, name: name, arg1: arg1)
+            let encoded = RESPWriter.command(args)
+            return encoded.withUnsafeBytes { dispatch(head: h, frame: $0, args: args) }
+        }
+        return dispatch(head: head, frame: frame, args: nil)
+    }
+
+    private func dispatch(head: CommandHead, frame: UnsafeRawBufferPointer, args knownArgs: [[UInt8]]?) -> Bool {
+        lastCommand = head.name
+        switch CommandTable.route(head.name) {
+        case .forward:
+            return forward(frame)
+        case .streamRead:
+            let args = knownArgs ?? RESPDecoder.arguments(ofRequest: frame)
+            if args.dropFirst().contains(where: { SmallBytes(lowercasing: $0) == SmallBytes("block") }) {
+                return refuse(head: head, kind: .blocking)
+            }
+            return forward(frame)
+        case .stateful(let kind):
+            return refuse(head: head, kind: kind)
+        case .local(let command):
+            if command == .client {
+                switch CommandTable.clientSubcommand(head.arg1) {
+                case .forward: return forward(frame)
+                case .stateful:
+                    if inFlight > 0 { stall = .barrier; return false }
+                    replyError(CommandTable.refusal(command: "client|\(head.arg1)", kind: .connectionState))
+                    return true
+                default: break
+                }
+            }
+            if inFlight > 0 {
+                stall = .barrier
+                return false
+            }
+            let args = knownArgs ?? RESPDecoder.arguments(ofRequest: frame)
+            return runLocal(command, args: args)
+        }
+    }
+
+    private func refuse(head: CommandHead, kind: StatefulKind) -> Bool {
+        if inFlight > 0 {
+            stall = .barrier
+            return false
+        }
+        replyError(CommandTable.refusal(command: head.name.description, kind: kind))
+        proxy.stats.commandsRefused &+= 1
+        return true
+    }
+
+    /// Sends one contiguous request to this client's upstream connection. Returns false when it must wait for the pool.
+    private func forward(_ frame: UnsafeRawBufferPointer) -> Bool {
+        var target = upstream
+        if target == nil {
+            switch proxy.pool.acquire(proto: proto) {
+            case .ready(let u):
+                upstream = u
+                target = u
+            case .wait:
+                stall = .pool
+                return false
+            case .unavailable(let why):
+                replyError("ERR upstream unavailable: \(why)")
+                proxy.stats.commandsFailed &+= 1
+                return true
+            }
+        }
+        let u = target!
+        u.out.append(frame.baseAddress!, count: frame.count)
+        u.markDirty()
+        u.enqueue(client: self)
+        inFlight += 1
+        proxy.stats.commandsForwarded &+= 1
+        return true
+    }
+
+    // MARK: replies
+
+    /// One reply for this client has been appended to `out` (or dropped because the client is gone).
+    @inline(__always)
+    func replyDelivered() {
+        inFlight -= 1
+        if inFlight == 0 {
+            upstream = nil
+            if isClosed {
+                proxy.reap(self)
+            } else if stall == .barrier {
+                proxy.scheduleResume(self)
+            }
+        }
+        if !isClosed { markDirty() }
+    }
+
+    func reply(_ bytes: [UInt8]) {
+        guard !isClosed else { return }
+        out.append(bytes)
+        markDirty()
+    }
+
+    func replyError(_ message: String) {
+        reply(Array("-\(message)\r\n".utf8))
+    }
+
+    private func protocolError(_ e: RESPProtocolError) {
+        proxy.stats.protocolErrors &+= 1
+        proxy.logger.info("protocol error", metadata: ["client.id": "\(id)", "error": "\(e.message)"])
+        if inFlight > 0 {
+            // Answer what is in flight first, then the error; no more input is read.
+            partial.removeAll()
+            disableReading()
+            closeAfterFlush = true
+            closeReason = "protocol_error"
+            pendingProtocolError = e.replyBytes
+            return
+        }
+        reply(e.replyBytes)
+        closeAfterFlush = true
+        closeReason = "protocol_error"
+        disableReading()
+    }
+
+    var pendingProtocolError: [UInt8]?
+
+    override var canWrite: Bool { true }
+
+    override func drained() {
+        if closeAfterFlush && inFlight == 0 {
+            if let e = pendingProtocolError {
+                pendingProtocolError = nil
+                out.append(e)
+                flush()
+                return
+            }
+            close(reason: closeReason)
+        }
+    }
+
+    override func writeFailed(_ error: SystemError) {
+        close(reason: "write_error", detail: error.reason)
+    }
+
+    // MARK: lifecycle
+
+    /// Closes the client. Replies still due from upstream are drained and dropped when they come.
+    func close(reason: String, detail: String? = nil) {
+        guard !isClosed else { return }
+        isClosed = true
+        closeSocket()
+        partial.removeAll()
+        out.removeAll()
+        if stall == .pool { proxy.pool.removeWaiter(self) }
+        stall = .none
+        var meta: Logger.Metadata = ["client.id": "\(id)", "reason": "\(reason)"]
+        if let detail { meta["detail"] = "\(detail)" }
+        proxy.logger.debug("client closed", metadata: meta)
+        proxy.clientClosed(self, reason: reason)
+        if inFlight == 0 { proxy.reap(self) }
+    }
+}

@@ -1,0 +1,118 @@
+// Connection: what client and upstream connections share: the socket, its read/write events, the output chain and
+// the once-per-iteration flush (a written-to connection is marked dirty and written once after the loop iteration;
+// EV_WRITE is armed only after a short write).
+import EventLoop
+import Glibc
+
+class Connection: EventHandler {
+    let proxy: Proxy
+    var fd: Int32
+    var readEvent = IOEvent()
+    var writeEvent = IOEvent()
+    let out = ByteChain()
+    var isDirty = false
+    var writeArmed = false
+    var isClosed = false
+    var readEnabled = false
+
+    init(proxy: Proxy, fd: Int32) {
+        self.proxy = proxy
+        self.fd = fd
+        super.init()
+    }
+
+    deinit { out.free() }
+
+    /// Creates the persistent read event and the write event (armed on demand).
+    func setUpEvents(read: Bool) throws(SystemError) {
+        readEvent = try IOEvent(base: proxy.base, fd: fd, what: IOEvent.read | IOEvent.persist, handler: self, tag: .primary)
+        writeEvent = try IOEvent(base: proxy.base, fd: fd, what: IOEvent.write | IOEvent.persist, handler: self, tag: .secondary)
+        if read { enableReading() }
+    }
+
+    @inline(__always)
+    final func enableReading() {
+        if !readEnabled && !isClosed {
+            readEnabled = true
+            readEvent.add()
+        }
+    }
+
+    @inline(__always)
+    final func disableReading() {
+        if readEnabled {
+            readEnabled = false
+            readEvent.remove()
+        }
+    }
+
+    @inline(__always)
+    final func markDirty() {
+        if !isDirty {
+            isDirty = true
+            proxy.dirty.append(Unmanaged.passUnretained(self))
+        }
+    }
+
+    override func handleEvent(_ what: Int16, tag: Int) {
+        if isClosed { return }
+        if tag == 0 {
+            readable()
+        } else if tag == 1 {
+            writable()
+        } else {
+            timerFired()
+        }
+    }
+
+    func readable() {}
+    func timerFired() {}
+
+    func writable() {
+        flush()
+    }
+
+    /// Whether output may be written now (an upstream still connecting may not).
+    var canWrite: Bool { true }
+
+    /// Writes pending output; arms EV_WRITE after a short write, disarms it once drained.
+    final func flush() {
+        isDirty = false
+        if isClosed || !canWrite { return }
+        if !out.isEmpty {
+            switch out.write(to: fd) {
+            case .success(let n):
+                proxy.noteWritten(self, n)
+            case .failure(let e):
+                writeFailed(e)
+                return
+            }
+        }
+        if out.isEmpty {
+            if writeArmed {
+                writeArmed = false
+                writeEvent.remove()
+            }
+            drained()
+        } else if !writeArmed {
+            writeArmed = true
+            writeEvent.add()
+        }
+    }
+
+    /// All output was written.
+    func drained() {}
+    func writeFailed(_ error: SystemError) {}
+
+    /// Frees the events and closes the socket (once).
+    final func closeSocket() {
+        readEvent.free()
+        writeEvent.free()
+        readEnabled = false
+        writeArmed = false
+        if fd >= 0 {
+            Socket.close(fd)
+            fd = -1
+        }
+    }
+}

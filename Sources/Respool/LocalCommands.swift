@@ -1,0 +1,207 @@
+// LocalCommands: connection-level commands that respool answers itself, in Redis's own formats and error texts
+// (HELLO, CLIENT SETNAME/GETNAME/SETINFO/ID/INFO, SELECT, AUTH, RESET, QUIT).
+import EventLoop
+import RESP
+import RespoolCore
+
+extension ClientConnection {
+    /// Runs a local command (nothing of this client is in flight). Returns false when it must wait for the pool.
+    func runLocal(_ command: LocalCommand, args: [[UInt8]]) -> Bool {
+        proxy.stats.commandsLocal &+= 1
+        switch command {
+        case .quit:
+            reply(Array("+OK\r\n".utf8))
+            closeAfterFlush = true
+            closeReason = "quit"
+            disableReading()
+            return true
+        case .hello:
+            return hello(args)
+        case .client:
+            client(args)
+            return true
+        case .select:
+            select(args)
+            return true
+        case .auth:
+            auth(args)
+            return true
+        case .reset:
+            proto = 2
+            name = nil
+            db = proxy.config.upstream.db
+            reply(Array("+RESET\r\n".utf8))
+            return true
+        }
+    }
+
+    private func wrongArity(_ command: String) {
+        replyError("ERR wrong number of arguments for '\(command)' command")
+    }
+
+    private static func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
+
+    /// Redis's rule for client names and library info: printable ASCII without spaces.
+    private static func validName(_ b: [UInt8]) -> Bool {
+        b.allSatisfy { $0 > 32 && $0 < 127 }
+    }
+
+    private func hello(_ args: [[UInt8]]) -> Bool {
+        var version = proto
+        if args.count >= 2 {
+            guard let v = Int(Self.text(args[1])) else {
+                replyError("ERR Protocol version is not an integer or out of range")
+                return true
+            }
+            guard v == 2 || v == 3 else {
+                replyError("NOPROTO unsupported protocol version")
+                return true
+            }
+            version = v
+        }
+        var newName: [UInt8]? = nil
+        var j = 2
+        while j < args.count {
+            let more = args.count - 1 - j
+            let opt = SmallBytes(lowercasing: args[j])
+            if opt == SmallBytes("auth") && more >= 2 {
+                if let e = authError(user: args[j + 1], password: args[j + 2]) {
+                    replyError(e)
+                    return true
+                }
+                j += 3
+            } else if opt == SmallBytes("setname") && more >= 1 {
+                newName = args[j + 1]
+                j += 2
+            } else {
+                replyError("ERR Syntax error in HELLO option '\(Self.text(args[j]))'")
+                return true
+            }
+        }
+        // The reply repeats what the server said about itself: wait for the first handshake if none has completed.
+        guard let info = proxy.pool.serverInfo else {
+            if proxy.pool.count > 0 {
+                stall = .pool
+                return false
+            }
+            switch proxy.pool.acquire(proto: 2) {
+            case .ready: stall = .pool; return false
+            case .wait: stall = .pool; return false
+            case .unavailable(let why):
+                replyError("ERR upstream unavailable: \(why)")
+                return true
+            }
+        }
+        if let newName {
+            guard Self.validName(newName) else {
+                replyError("ERR Client names cannot contain spaces, newlines or special characters.")
+                return true
+            }
+            name = newName.isEmpty ? nil : newName
+        }
+        proto = version
+        var w = RESPWriter(proto: proto)
+        w.mapHeader(7)
+        w.bulk("server"); w.bulk(info.server)
+        w.bulk("version"); w.bulk(info.version)
+        w.bulk("proto"); w.integer(proto)
+        w.bulk("id"); w.integer(id)
+        w.bulk("mode"); w.bulk(info.mode)
+        w.bulk("role"); w.bulk(info.role)
+        w.bulk("modules"); w.value(info.modules)
+        reply(w.bytes)
+        return true
+    }
+
+    /// Answers as a Redis without a password does: the default user takes any password, others do not exist.
+    private func authError(user: [UInt8]?, password: [UInt8]) -> String? {
+        if let user, Self.text(user) == "default" { return nil }
+        if user == nil {
+            return "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"
+        }
+        return "WRONGPASS invalid username-password pair or user is disabled."
+    }
+
+    private func auth(_ args: [[UInt8]]) {
+        if args.count < 2 { return wrongArity("auth") }
+        if args.count > 3 { return replyError("ERR syntax error") }
+        if let e = authError(user: args.count == 3 ? args[1] : nil, password: args[args.count - 1]) {
+            replyError(e)
+        } else {
+            reply(Array("+OK\r\n".utf8))
+        }
+    }
+
+    private func select(_ args: [[UInt8]]) {
+        guard args.count == 2 else { return wrongArity("select") }
+        guard let n = Int(Self.text(args[1])) else { return replyError("ERR value is not an integer or out of range") }
+        if n == db {
+            reply(Array("+OK\r\n".utf8))
+        } else if n < 0 {
+            replyError("ERR DB index is out of range")
+        } else {
+            replyError(CommandTable.refusal(command: "select", kind: .connectionState) + " (only the URL's db \(db) is available)")
+        }
+    }
+
+    private func client(_ args: [[UInt8]]) {
+        guard args.count >= 2 else { return wrongArity("client") }
+        let sub = SmallBytes(lowercasing: args[1])
+        switch CommandTable.clientSubcommand(sub) {
+        case .setname:
+            guard args.count == 3 else { return wrongArity("client|setname") }
+            guard Self.validName(args[2]) else {
+                return replyError("ERR Client names cannot contain spaces, newlines or special characters.")
+            }
+            name = args[2].isEmpty ? nil : args[2]
+            reply(Array("+OK\r\n".utf8))
+        case .getname:
+            guard args.count == 2 else { return wrongArity("client|getname") }
+            var w = RESPWriter(proto: proto)
+            if let name { w.bulk(name) } else { w.null() }
+            reply(w.bytes)
+        case .id:
+            guard args.count == 2 else { return wrongArity("client|id") }
+            var w = RESPWriter(proto: proto)
+            w.integer(id)
+            reply(w.bytes)
+        case .setinfo:
+            guard args.count == 4 else { return wrongArity("client|setinfo") }
+            let attr = SmallBytes(lowercasing: args[2])
+            guard attr == SmallBytes("lib-name") || attr == SmallBytes("lib-ver") else {
+                return replyError("ERR Unrecognized option '\(Self.text(args[2]))'")
+            }
+            guard Self.validName(args[3]) else {
+                return replyError("ERR \(attr) cannot contain spaces, newlines or special characters.")
+            }
+            if attr == SmallBytes("lib-name") { libName = args[3] } else { libVersion = args[3] }
+            reply(Array("+OK\r\n".utf8))
+        case .info:
+            guard args.count == 2 else { return wrongArity("client|info") }
+            let line = infoLine()
+            var w = RESPWriter(proto: proto)
+            if proto == 3 {
+                let body = Array("txt:\(line)".utf8)
+                w.bytes += Array("=\(body.count)\r\n".utf8) + body + [13, 10]
+            } else {
+                w.bulk(line)
+            }
+            reply(w.bytes)
+        case .stateful, .forward:
+            // Routed before reaching here; kept total for safety.
+            replyError(CommandTable.refusal(command: "client|\(sub)", kind: .connectionState))
+        }
+    }
+
+    /// This client as a CLIENT INFO / CLIENT LIST line, with the fields Redis prints.
+    func infoLine() -> String {
+        let now = proxy.base.now()
+        let peer = isUnix || fd < 0 ? "unix" : Socket.peerName(fd)
+        let local = fd < 0 ? "?" : Socket.localName(fd)
+        let n = name.map { Self.text($0) } ?? ""
+        return "id=\(id) addr=\(peer) laddr=\(local) fd=\(fd) name=\(n) age=\(Int(now - createdAt)) idle=\(Int(now - lastActive)) "
+            + "flags=\(isUnix ? "U" : "N") db=\(db) sub=0 psub=0 ssub=0 multi=-1 qbuf=\(partial.count) qbuf-free=0 argv-mem=0 "
+            + "multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=\(out.count) tot-mem=0 events=r cmd=\(lastCommand) user=default "
+            + "redir=-1 resp=\(proto) lib-name=\(libName.map { Self.text($0) } ?? "") lib-ver=\(libVersion.map { Self.text($0) } ?? "")\n"
+    }
+}

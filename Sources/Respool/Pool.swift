@@ -1,0 +1,248 @@
+// Pool: the bounded set of upstream connections. Chooses a connection for a client that has nothing in flight,
+// opens connections lazily up to the cap (never past it), and backs off with jitter while the server is unreachable.
+import EventLoop
+import Glibc
+import Logging
+import RESP
+import RespoolCore
+
+/// What the server said about itself in its HELLO reply (repeated to clients in respool's HELLO reply).
+struct ServerInfo {
+    var server = "redis"
+    var version = "unknown"
+    var mode = "standalone"
+    var role = "master"
+    var modules: RESPValue = .array([])
+}
+
+final class Pool: EventHandler {
+    enum Acquire {
+        case ready(UpstreamConnection)
+        case wait
+        case unavailable(String)
+    }
+
+    unowned let proxy: Proxy
+    let cap: Int
+    private(set) var upstreams: [UpstreamConnection] = []
+    private var waiters: [ClientConnection] = []
+    private var nextId = 1
+    private(set) var serverInfo: ServerInfo?
+    /// Consecutive failed connects (reset by a completed handshake).
+    private(set) var failures = 0
+    private var retryAt = 0.0
+    private(set) var lastError: String?
+    private var retryTimer: Timer?
+    var closing = false
+
+    init(proxy: Proxy, cap: Int) {
+        self.proxy = proxy
+        self.cap = cap
+        super.init()
+    }
+
+    var count: Int { upstreams.count }
+
+    /// Picks the connection for a client that has no command in flight.
+    func acquire(proto: Int) -> Acquire {
+        var best: UpstreamConnection? = nil
+        var bestLoad = Int.max
+        for u in upstreams where u.proto == proto {
+            let load = u.state == .ready ? u.pending : u.pending + 1_000_000
+            if load < bestLoad {
+                best = u
+                bestLoad = load
+            }
+        }
+        if let best, bestLoad == 0 { return .ready(best) }
+        // Every connection of this protocol is busy (or there is none): grow within the cap.
+        if upstreams.count < cap && !closing && proxy.base.now() >= retryAt {
+            if let fresh = open(proto: proto), best == nil { return .ready(fresh) }
+        }
+        if let best { return .ready(best) }
+        if upstreams.count >= cap {
+            // The cap is full with connections of the other protocol: switch an idle one in-stream.
+            for u in upstreams where u.state == .ready && u.pending == 0 {
+                u.switchProtocol(to: proto)
+                return .ready(u)
+            }
+            return .wait
+        }
+        return .unavailable(lastError.map { "\($0) (retrying)" } ?? "not connected")
+    }
+
+    /// Opens one more connection (within the cap). Its handshake is queued at once; clients may queue behind it.
+    @discardableResult
+    func open(proto: Int) -> UpstreamConnection? {
+        precondition(upstreams.count < cap, "pool would exceed its cap: \(upstreams.count) of \(cap)")
+        let address: SocketAddress
+        do {
+            address = try SocketAddress.resolve(host: proxy.config.upstream.host, port: proxy.config.upstream.port)
+        } catch {
+            noteConnectFailure(error.reason)
+            return nil
+        }
+        let fd: Int32
+        var connectedNow = false
+        do {
+            switch try Socket.startConnect(address) {
+            case .connected(let f): fd = f; connectedNow = true
+            case .inProgress(let f): fd = f
+            }
+        } catch {
+            noteConnectFailure(error.reason)
+            return nil
+        }
+        let u = UpstreamConnection(proxy: proxy, fd: fd, id: nextId, proto: proto)
+        nextId += 1
+        do {
+            try u.setUpEvents(read: false)
+            let t = try Timer(base: proxy.base, handler: u, tag: .tertiary)
+            t.schedule(after: proxy.config.connectTimeout)
+            u.connectTimer = t
+        } catch {
+            u.closeSocket()
+            noteConnectFailure(error.reason)
+            return nil
+        }
+        u.queueHandshake(name: "\(proxy.config.namePrefix):pool")
+        upstreams.append(u)
+        proxy.stats.upstreamConnects &+= 1
+        proxy.logger.debug("upstream connecting", metadata: ["upstream.id": "\(u.id)", "proto": "\(proto)", "upstream": "\(proxy.config.upstream)"])
+        if connectedNow {
+            u.connected()
+        } else {
+            u.writeEvent.add()
+            u.writeArmed = true
+        }
+        return u
+    }
+
+    func connectionReady(_ u: UpstreamConnection) {
+        if failures > 0 || lastError != nil {
+            proxy.logger.notice("upstream reachable again", metadata: ["upstream.id": "\(u.id)", "after_failures": "\(failures)"])
+        }
+        failures = 0
+        retryAt = 0
+        lastError = nil
+        proxy.logger.debug("upstream ready", metadata: ["upstream.id": "\(u.id)", "proto": "\(u.proto)"])
+        wakeWaiters()
+    }
+
+    func becameIdle(_ u: UpstreamConnection) {
+        if !waiters.isEmpty { wakeWaiters() }
+    }
+
+    func learnServer(from value: RESPValue) {
+        var pairs: [RESPValue] = []
+        switch value {
+        case .map(let p): pairs = p
+        case .array(let a?): pairs = a
+        default: return
+        }
+        var info = ServerInfo()
+        var i = 0
+        while i + 1 < pairs.count {
+            let key = pairs[i].string ?? ""
+            let v = pairs[i + 1]
+            switch key {
+            case "server": info.server = v.string ?? info.server
+            case "version": info.version = v.string ?? info.version
+            case "mode": info.mode = v.string ?? info.mode
+            case "role": info.role = v.string ?? info.role
+            case "modules": info.modules = v
+            default: break
+            }
+            i += 2
+        }
+        serverInfo = info
+    }
+
+    private func remove(_ u: UpstreamConnection) {
+        // Parked first: the array may hold the last strong reference while `u` is borrowed by a callback.
+        proxy.graveyard.append(u)
+        if let i = upstreams.firstIndex(where: { $0 === u }) { upstreams.remove(at: i) }
+    }
+
+    func connectionFailed(_ u: UpstreamConnection, reason: String, whileConnecting: Bool, failedCommands: Int) {
+        remove(u)
+        lastError = reason
+        var meta: Logger.Metadata = ["upstream.id": "\(u.id)", "reason": "\(reason)", "failed_commands": "\(failedCommands)"]
+        if whileConnecting {
+            noteConnectFailure(reason)
+            meta["retry_in"] = "\(Double(Int((retryAt - proxy.base.now()) * 1000)) / 1000)s"
+            proxy.logger.warning("upstream connect failed", metadata: meta)
+        } else {
+            proxy.stats.upstreamLost &+= 1
+            proxy.logger.warning("upstream connection lost", metadata: meta)
+        }
+        wakeWaiters()
+        keepWarm()
+    }
+
+    func connectionClosed(_ u: UpstreamConnection, reason: String) {
+        remove(u)
+        proxy.logger.debug("upstream closed", metadata: ["upstream.id": "\(u.id)", "reason": "\(reason)"])
+    }
+
+    /// Exponential backoff with full jitter: 100 ms doubling up to 5 s.
+    private func noteConnectFailure(_ reason: String) {
+        failures += 1
+        lastError = reason
+        proxy.stats.upstreamConnectFailures &+= 1
+        let ceiling = min(5.0, 0.1 * Double(1 << min(failures - 1, 10)))
+        let delay = ceiling / 2 + Double.random(in: 0...(ceiling / 2))
+        retryAt = proxy.base.now() + delay
+    }
+
+    /// Keeps one connection open (or being retried) so the first command after an outage does not pay for connecting
+    /// and the log says when the server is back.
+    func keepWarm() {
+        guard !closing, upstreams.isEmpty else { return }
+        let now = proxy.base.now()
+        if now >= retryAt {
+            open(proto: 2)
+            if upstreams.isEmpty { scheduleRetry(after: max(0.01, retryAt - now)) }
+        } else {
+            scheduleRetry(after: retryAt - now)
+        }
+    }
+
+    private func scheduleRetry(after seconds: Double) {
+        if retryTimer == nil { retryTimer = try? Timer(base: proxy.base, handler: self) }
+        retryTimer?.schedule(after: seconds)
+    }
+
+    override func handleEvent(_ what: Int16, tag: Int) {
+        keepWarm()
+    }
+
+    // MARK: waiters
+
+    func addWaiter(_ c: ClientConnection) {
+        waiters.append(c)
+    }
+
+    func removeWaiter(_ c: ClientConnection) {
+        waiters.removeAll { $0 === c }
+    }
+
+    private func wakeWaiters() {
+        guard !waiters.isEmpty else { return }
+        let w = waiters
+        waiters.removeAll()
+        for c in w { proxy.scheduleResume(c) }
+    }
+
+    var totalPending: Int { upstreams.reduce(0) { $0 + $1.pending } }
+
+    /// Closes every connection (shutdown).
+    func closeAll() {
+        closing = true
+        retryTimer?.free()
+        retryTimer = nil
+        for u in upstreams {
+            if u.pending > 0 { u.fail(reason: "respool shutting down") } else { u.closeIdle(reason: "shutdown") }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+// Proxy: owns the event loop, the listeners, the clients and the pool; runs the loop (one iteration, then the resumes,
+// the flush of every dirty connection and the freeing of what closed) and carries out shutdown.
+import EventLoop
+import Glibc
+import Logging
+import RESP
+import RespoolCore
+
+/// Plain counters (the stats endpoint and metrics table come later; these are what the logs report).
+struct Stats {
+    var clientsAccepted = 0
+    var clientsRejected = 0
+    var clientBytesIn = 0
+    var upstreamBytesIn = 0
+    var bytesOut = 0
+    var commandsForwarded = 0
+    var commandsLocal = 0
+    var commandsRefused = 0
+    var commandsFailed = 0
+    var protocolErrors = 0
+    var upstreamConnects = 0
+    var upstreamConnectFailures = 0
+    var upstreamLost = 0
+}
+
+public final class Proxy: AcceptHandler {
+    public let config: Config
+    let logger: Logger
+    let base: EventBase
+    let limits: RESPLimits
+    let upstreamLimits: RESPLimits
+    private(set) var pool: Pool!
+    private var listeners: [Listener] = []
+    private(set) var clients: [Int: ClientConnection] = [:]
+    private var openClients = 0
+    var dirty = Ring<Unmanaged<Connection>>(capacity: 1024)
+    private var resumes: [ClientConnection] = []
+    var graveyard: [AnyObject] = []
+    let scratch: UnsafeMutableRawPointer
+    let scratchSize = 256 << 10
+    private var nextClientId = 1
+    private var running = true
+    private(set) var shuttingDown = false
+    private var exitCode: Int32 = 0
+    private var signalHandler: SignalHandler!
+    private var signals: [SignalWatch] = []
+    private var shutdownTimer: Timer?
+    var stats = Stats()
+    let startedAt: Double
+
+    public init(config: Config, logger: Logger) throws(SystemError) {
+        self.config = config
+        self.logger = logger
+        base = try EventBase()
+        limits = RESPLimits(maxBulkLength: config.maxBulkLength, maxMultibulkLength: config.maxMultibulkLength)
+        upstreamLimits = RESPLimits(maxBulkLength: Int.max / 4, maxMultibulkLength: Int.max / 4,
+                                    maxInlineLength: 64 << 10, maxReplyLineLength: 64 << 20, maxDepth: 1024)
+        scratch = .allocate(byteCount: scratchSize, alignment: 16)
+        startedAt = monotonicNow()
+        super.init()
+        pool = Pool(proxy: self, cap: config.maxServerConnections)
+        signalHandler = SignalHandler(proxy: self)
+    }
+
+    deinit { scratch.deallocate() }
+
+    /// Listens, connects the first upstream connection and runs until shutdown. Returns the exit code.
+    public func run() throws(SystemError) -> Int32 {
+        tuneMalloc()
+        ignoreSIGPIPE()
+        let tcp = try Listener(base: base, host: config.bind, port: config.port, handler: self)
+        listeners.append(tcp)
+        var meta: Logger.Metadata = ["listen": "\(tcp.address)"]
+        if let path = config.socketPath {
+            listeners.append(try Listener(base: base, unixPath: path, handler: self))
+            meta["socket"] = "\(path)"
+        }
+        for s in [SIGTERM, SIGINT] {
+            signals.append(try SignalWatch(base: base, signal: s, handler: signalHandler, tag: .primary))
+        }
+        signals.append(try SignalWatch(base: base, signal: SIGUSR1, handler: signalHandler, tag: .secondary))
+        meta["upstream"] = "\(config.upstream)"
+        meta["upstream_from"] = "\(config.upstreamSource)"
+        meta["max_server_connections"] = "\(config.maxServerConnections)"
+        meta["max_clients"] = "\(config.maxClients)"
+        meta["name"] = "\(config.namePrefix)"
+        meta["backend"] = "\(base.backendName)"
+        pool.keepWarm()
+        logger.info("respool started", metadata: meta)
+
+        while running {
+            base.runOnce()
+            afterIteration()
+        }
+        logger.info("respool stopped", metadata: ["exit_code": "\(exitCode)"])
+        return exitCode
+    }
+
+    /// Work done once per loop iteration: resume stalled clients, write every dirty connection once, free the closed.
+    @inline(__always)
+    private func afterIteration() {
+        if !resumes.isEmpty {
+            let r = resumes
+            resumes.removeAll(keepingCapacity: true)
+            for c in r { c.resume() }
+        }
+        while let c = dirty.popFirst() {
+            c._withUnsafeGuaranteedRef { $0.flush() }
+        }
+        if !graveyard.isEmpty { graveyard.removeAll(keepingCapacity: true) }
+        if shuttingDown { checkShutdownDone() }
+    }
+
+    func scheduleResume(_ c: ClientConnection) {
+        resumes.append(c)
+    }
+
+    @inline(__always)
+    func noteWritten(_ c: Connection, _ n: Int) {
+        stats.bytesOut &+= n
+    }
+
+    // MARK: clients
+
+    public override func accepted(fd: Int32, isUnix: Bool) {
+        if shuttingDown {
+            Socket.close(fd)
+            return
+        }
+        if openClients >= config.maxClients {
+            stats.clientsRejected &+= 1
+            Socket.writeBestEffort(fd, "-ERR max number of clients reached\r\n")
+            Socket.close(fd)
+            logger.warning("client rejected", metadata: ["reason": "max_clients", "max_clients": "\(config.maxClients)"])
+            return
+        }
+        if !isUnix { Socket.setNoDelay(fd) }
+        let c = ClientConnection(proxy: self, fd: fd, id: nextClientId, isUnix: isUnix)
+        nextClientId += 1
+        do {
+            try c.setUpEvents(read: true)
+        } catch {
+            logger.error("client setup failed", metadata: ["error": "\(error)"])
+            c.closeSocket()
+            return
+        }
+        clients[c.id] = c
+        openClients += 1
+        stats.clientsAccepted &+= 1
+    }
+
+    public override func acceptFailed(_ error: SystemError) {
+        logger.error("accept failed", metadata: ["error": "\(error)"])
+        // Out of descriptors: stop accepting briefly instead of spinning.
+        for l in listeners { l.pause() }
+        let h = OneShot { [weak self] in self?.listeners.forEach { $0.resume() } }
+        if let t = try? Timer(base: base, handler: h) {
+            t.schedule(after: 0.1)
+            graveyardTimers.append((h, t))
+        }
+    }
+
+    private var graveyardTimers: [(OneShot, Timer)] = []
+
+    func clientClosed(_ c: ClientConnection, reason: String) {
+        openClients -= 1
+    }
+
+    /// Forgets a closed client once no reply for it is outstanding.
+    func reap(_ c: ClientConnection) {
+        // Parked first: the registry may hold the last strong reference while `c` is borrowed by a callback.
+        guard clients[c.id] != nil else { return }
+        graveyard.append(c)
+        clients.removeValue(forKey: c.id)
+    }
+
+    // MARK: shutdown
+
+    func beginShutdown(signal: Int32) {
+        if shuttingDown {
+            logger.warning("second signal, exiting at once", metadata: ["signal": "\(signal)"])
+            exitCode = 1
+            running = false
+            return
+        }
+        shuttingDown = true
+        logger.info("shutting down", metadata: ["signal": "\(signal)", "clients": "\(openClients)",
+                                                "in_flight": "\(pool.totalPending)", "timeout": "\(config.shutdownTimeout)s"])
+        for l in listeners { l.close() }
+        listeners.removeAll()
+        // Commands already read are answered; nothing new is read.
+        for c in clients.values { c.disableReading() }
+        let h = OneShot { [weak self] in
+            guard let self else { return }
+            self.logger.warning("shutdown timeout, closing with commands in flight", metadata: ["in_flight": "\(self.pool.totalPending)"])
+            self.running = false
+        }
+        if let t = try? Timer(base: base, handler: h) {
+            t.schedule(after: config.shutdownTimeout)
+            shutdownTimer = t
+            graveyardTimers.append((h, t))
+        }
+        checkShutdownDone()
+    }
+
+    private func checkShutdownDone() {
+        if pool.totalPending > 0 { return }
+        for c in clients.values where !c.isClosed && (!c.out.isEmpty || c.stall != .none) {
+            if c.stall != .none { c.close(reason: "shutdown") } else { return }
+        }
+        for c in clients.values where !c.isClosed { c.close(reason: "shutdown") }
+        pool.closeAll()
+        running = false
+    }
+
+    func logStats() {
+        logger.info("stats", metadata: [
+            "clients": "\(openClients)", "upstreams": "\(pool.count)", "in_flight": "\(pool.totalPending)",
+            "commands_forwarded": "\(stats.commandsForwarded)", "commands_local": "\(stats.commandsLocal)",
+            "commands_refused": "\(stats.commandsRefused)", "commands_failed": "\(stats.commandsFailed)",
+            "clients_accepted": "\(stats.clientsAccepted)", "clients_rejected": "\(stats.clientsRejected)",
+            "protocol_errors": "\(stats.protocolErrors)", "upstream_connects": "\(stats.upstreamConnects)",
+            "upstream_connect_failures": "\(stats.upstreamConnectFailures)", "upstream_lost": "\(stats.upstreamLost)",
+        ])
+    }
+}
+
+/// Signal events: SIGTERM/SIGINT shut down (a second one exits at once); SIGUSR1 logs the counters.
+final class SignalHandler: EventHandler {
+    unowned let proxy: Proxy
+    init(proxy: Proxy) {
+        self.proxy = proxy
+        super.init()
+    }
+    override func handleEvent(_ what: Int16, tag: Int) {
+        if tag == 0 {
+            proxy.beginShutdown(signal: SIGTERM)
+        } else {
+            proxy.logStats()
+        }
+    }
+}
+
+/// A handler running a closure (rare events only: timers of shutdown and accept back-off).
+final class OneShot: EventHandler {
+    let body: () -> Void
+    init(_ body: @escaping () -> Void) {
+        self.body = body
+        super.init()
+    }
+    override func handleEvent(_ what: Int16, tag: Int) { body() }
+}

@@ -1,0 +1,273 @@
+// UpstreamConnection: one connection to redis-server. Keeps the FIFO of requests sent and not yet answered (each entry
+// is a client to deliver to, or an internal handshake step whose reply is checked and swallowed), frames replies
+// without decoding them and moves each reply's bytes to the client at the head of the FIFO.
+import EventLoop
+import Logging
+import RESP
+import RespoolCore
+
+final class UpstreamConnection: Connection {
+    enum State: String {
+        case connecting, handshaking, ready
+    }
+
+    struct Entry {
+        enum Kind: UInt8 { case client, hello, select, switchProtocol }
+        var kind: Kind
+        var client: Unmanaged<ClientConnection>?
+    }
+
+    let id: Int
+    var state = State.connecting
+    /// Protocol of the replies to commands appended from now on (HELLO switches it in-stream).
+    var proto: Int
+    var framer: ReplyFramer
+    let partial = ByteChain()
+    var fifo = Ring<Entry>(capacity: 64)
+    var handshakeSteps = 0
+    let createdAt: Double
+    var connectTimer: Timer?
+    var commandsServed = 0
+
+    init(proxy: Proxy, fd: Int32, id: Int, proto: Int) {
+        self.id = id
+        self.proto = proto
+        framer = ReplyFramer(limits: proxy.upstreamLimits)
+        createdAt = proxy.base.now()
+        super.init(proxy: proxy, fd: fd)
+    }
+
+    deinit {
+        partial.free()
+        fifo.deallocate()
+    }
+
+    /// Queues the handshake (HELLO with AUTH and SETNAME, then SELECT) ahead of anything clients send.
+    func queueHandshake(name: String) {
+        let url = proxy.config.upstream
+        var hello = ["HELLO", String(proto)]
+        if let password = url.password {
+            hello += ["AUTH", url.username ?? "default", password]
+        }
+        hello += ["SETNAME", name]
+        out.append(RESPWriter.command(hello))
+        fifo.append(Entry(kind: .hello, client: nil))
+        handshakeSteps = 1
+        if url.db != 0 {
+            out.append(RESPWriter.command(["SELECT", String(url.db)]))
+            fifo.append(Entry(kind: .select, client: nil))
+            handshakeSteps += 1
+        }
+    }
+
+    /// Switches the connection's protocol in-stream (only while no client has commands in flight on it).
+    func switchProtocol(to p: Int) {
+        out.append(RESPWriter.command(["HELLO", String(p)]))
+        fifo.append(Entry(kind: .switchProtocol, client: nil))
+        proto = p
+        markDirty()
+    }
+
+    @inline(__always)
+    func enqueue(client: ClientConnection) {
+        fifo.append(Entry(kind: .client, client: Unmanaged.passUnretained(client)))
+    }
+
+    var pending: Int { fifo.count }
+
+    override var canWrite: Bool { state != .connecting }
+
+    // MARK: connecting
+
+    override func writable() {
+        if state == .connecting {
+            let err = Socket.pendingError(fd)
+            if err != 0 {
+                fail(reason: SystemError("connect", errno: err).reason)
+                return
+            }
+            connected()
+            return
+        }
+        flush()
+    }
+
+    func connected() {
+        state = .handshaking
+        writeEvent.remove()
+        writeArmed = false
+        Socket.setNoDelay(fd)
+        Socket.setKeepAlive(fd)
+        enableReading()
+        flush()
+    }
+
+    override func timerFired() {
+        if state != .ready {
+            fail(reason: "connect timeout after \(proxy.config.connectTimeout)s")
+        }
+    }
+
+    // MARK: replies
+
+    override func readable() {
+        let scratch = proxy.scratch
+        switch Socket.read(fd, into: scratch, capacity: proxy.scratchSize) {
+        case .data(let n):
+            proxy.stats.upstreamBytesIn &+= n
+            process(UnsafeRawBufferPointer(start: scratch, count: n))
+        case .wouldBlock:
+            return
+        case .eof:
+            fail(reason: "connection closed by server")
+        case .failed(let e):
+            fail(reason: e.reason)
+        }
+    }
+
+    private func process(_ buf: UnsafeRawBufferPointer) {
+        let n = buf.count
+        let base = buf.baseAddress!
+        var offset = 0
+        var frameStart = 0
+        var runClient: Unmanaged<ClientConnection>? = nil
+        var runStart = 0
+        var runEnd = 0
+
+        @inline(__always) func flushRun() {
+            if let c = runClient {
+                c._withUnsafeGuaranteedRef { $0.out.append(base + runStart, count: runEnd - runStart) }
+                runClient = nil
+            }
+        }
+
+        while offset < n {
+            switch framer.next(buf, from: offset) {
+            case .needMore:
+                flushRun()
+                partial.append(base + frameStart, count: n - frameStart)
+                return
+            case .frame(let end):
+                let fs = frameStart
+                let prefix = partial.count
+                offset = end
+                frameStart = end
+                if framer.kind == UInt8(ascii: ">") && proto == 3 {
+                    // An out-of-band push (none is expected on a shared connection): not a reply, dropped.
+                    flushRun()
+                    if prefix > 0 { partial.removeAll() }
+                    proxy.logger.debug("push frame dropped", metadata: ["upstream.id": "\(id)"])
+                    continue
+                }
+                guard let entry = fifo.popFirst() else {
+                    flushRun()
+                    fail(reason: "reply from server without a request")
+                    return
+                }
+                if entry.kind != .client {
+                    flushRun()
+                    var bytes = prefix > 0 ? partial.copyBytes() : []
+                    if prefix > 0 { partial.removeAll() }
+                    bytes.append(contentsOf: UnsafeRawBufferPointer(start: base + fs, count: end - fs))
+                    if !handshakeReply(entry.kind, bytes, kind: framer.kind) { return }
+                    continue
+                }
+                commandsServed &+= 1
+                let client = entry.client!
+                let gone = client._withUnsafeGuaranteedRef { $0.isClosed }
+                if prefix > 0 || gone {
+                    flushRun()
+                    if gone {
+                        if prefix > 0 { partial.removeAll() }
+                    } else {
+                        client._withUnsafeGuaranteedRef {
+                            $0.out.appendAll(of: partial)
+                            $0.out.append(base + fs, count: end - fs)
+                        }
+                    }
+                } else if let rc = runClient, rc.toOpaque() == client.toOpaque() {
+                    runEnd = end
+                } else {
+                    flushRun()
+                    runClient = client
+                    runStart = fs
+                    runEnd = end
+                }
+                client._withUnsafeGuaranteedRef { $0.replyDelivered() }
+                if fifo.isEmpty { proxy.pool.becameIdle(self) }
+            case .error(let e):
+                flushRun()
+                fail(reason: "bad reply from server: \(e.message)")
+                return
+            }
+        }
+        flushRun()
+    }
+
+    /// Checks and swallows the reply to a handshake step. Returns false if the connection failed.
+    private func handshakeReply(_ kind: Entry.Kind, _ bytes: [UInt8], kind type: UInt8) -> Bool {
+        let isError = type == UInt8(ascii: "-") || type == UInt8(ascii: "!")
+        if isError {
+            let text = ((try? RESPDecoder.decode(bytes)) ?? nil)?.value.string ?? "error"
+            switch kind {
+            case .hello: fail(reason: "handshake failed: \(text)", handshake: true)
+            case .select: fail(reason: "SELECT \(proxy.config.upstream.db) failed: \(text)", handshake: true)
+            default: fail(reason: "protocol switch failed: \(text)")
+            }
+            return false
+        }
+        if kind == .hello, let decoded = (try? RESPDecoder.decode(bytes)) ?? nil {
+            let value = decoded.value
+            proxy.pool.learnServer(from: value)
+        }
+        if kind == .hello || kind == .select {
+            handshakeSteps -= 1
+            if handshakeSteps == 0 {
+                state = .ready
+                connectTimer?.cancel()
+                proxy.pool.connectionReady(self)
+            }
+        }
+        if fifo.isEmpty { proxy.pool.becameIdle(self) }
+        return true
+    }
+
+    override func writeFailed(_ error: SystemError) {
+        fail(reason: error.reason)
+    }
+
+    /// Closes the connection; every request still waiting for a reply gets an error reply, never silence.
+    func fail(reason: String, handshake: Bool = false) {
+        guard !isClosed else { return }
+        let wasReady = state == .ready
+        let wasConnecting = state != .ready
+        isClosed = true
+        closeSocket()
+        connectTimer?.free()
+        connectTimer = nil
+        partial.removeAll()
+        out.removeAll()
+        let line = Array((wasReady ? "-ERR upstream connection lost: \(reason)\r\n" : "-ERR upstream unavailable: \(reason)\r\n").utf8)
+        var failed = 0
+        while let e = fifo.popFirst() {
+            guard e.kind == .client, let c = e.client else { continue }
+            failed += 1
+            c._withUnsafeGuaranteedRef {
+                if !$0.isClosed { $0.out.append(line) }
+                $0.replyDelivered()
+            }
+        }
+        proxy.stats.commandsFailed &+= failed
+        proxy.pool.connectionFailed(self, reason: reason, whileConnecting: wasConnecting || handshake, failedCommands: failed)
+    }
+
+    /// Closes an idle connection on purpose (shutdown, protocol rebalancing).
+    func closeIdle(reason: String) {
+        guard !isClosed else { return }
+        isClosed = true
+        closeSocket()
+        connectTimer?.free()
+        connectTimer = nil
+        proxy.pool.connectionClosed(self, reason: reason)
+    }
+}

@@ -1,0 +1,90 @@
+// CommandTable: which commands are multiplexed, answered by respool itself, or refused because they tie state to a
+// connection (until leases exist). Looked up once per command by its lowercased name, without decoding the request.
+import RESP
+
+/// Commands that respool answers itself.
+public enum LocalCommand: Sendable, Equatable {
+    case hello, client, quit, select, auth, reset
+}
+
+/// Why a command cannot go over a shared connection (yet).
+public enum StatefulKind: String, Sendable, Equatable {
+    case transaction = "a transaction"
+    case blocking = "a blocking command"
+    case pubsub = "pub/sub"
+    case monitor = "MONITOR"
+    case replication = "replication"
+    case connectionState = "connection state"
+    case cluster = "cluster mode"
+}
+
+public enum CommandRoute: Sendable, Equatable {
+    /// Stateless: pipelined onto a shared upstream connection, bytes untouched.
+    case forward
+    /// Answered by respool.
+    case local(LocalCommand)
+    /// Needs a dedicated connection: refused with an error naming the command.
+    case stateful(StatefulKind)
+    /// XREAD / XREADGROUP: blocking only with a BLOCK argument; look at the arguments.
+    case streamRead
+}
+
+public enum CommandTable {
+    private static let table: [SmallBytes: CommandRoute] = {
+        var t: [SmallBytes: CommandRoute] = [:]
+        for n: StaticString in ["multi", "exec", "discard", "watch", "unwatch"] { t[SmallBytes(n)] = .stateful(.transaction) }
+        for n: StaticString in ["blpop", "brpop", "brpoplpush", "blmove", "blmpop", "bzpopmin", "bzpopmax", "bzmpop", "wait", "waitaof"] {
+            t[SmallBytes(n)] = .stateful(.blocking)
+        }
+        for n: StaticString in ["subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe"] {
+            t[SmallBytes(n)] = .stateful(.pubsub)
+        }
+        t[SmallBytes("monitor")] = .stateful(.monitor)
+        for n: StaticString in ["sync", "psync", "replconf"] { t[SmallBytes(n)] = .stateful(.replication) }
+        for n: StaticString in ["readonly", "readwrite", "asking"] { t[SmallBytes(n)] = .stateful(.cluster) }
+        t[SmallBytes("xread")] = .streamRead
+        t[SmallBytes("xreadgroup")] = .streamRead
+        t[SmallBytes("hello")] = .local(.hello)
+        t[SmallBytes("client")] = .local(.client)
+        t[SmallBytes("quit")] = .local(.quit)
+        t[SmallBytes("select")] = .local(.select)
+        t[SmallBytes("auth")] = .local(.auth)
+        t[SmallBytes("reset")] = .local(.reset)
+        return t
+    }()
+
+    /// The route for a command name (lowercased, as the framer captured it). Unknown names are forwarded: the server
+    /// answers them (and module commands work).
+    @inline(__always)
+    public static func route(_ name: SmallBytes) -> CommandRoute {
+        if name.truncated { return .forward }
+        return table[name] ?? .forward
+    }
+
+    /// CLIENT subcommands: which are answered locally, which are refused, the rest are forwarded (LIST, PAUSE, HELP...).
+    public enum ClientSubcommand: Sendable, Equatable {
+        case setname, getname, setinfo, id, info
+        case stateful
+        case forward
+    }
+
+    public static func clientSubcommand(_ arg: SmallBytes) -> ClientSubcommand {
+        switch arg {
+        case SmallBytes("setname"): return .setname
+        case SmallBytes("getname"): return .getname
+        case SmallBytes("setinfo"): return .setinfo
+        case SmallBytes("id"): return .id
+        case SmallBytes("info"): return .info
+        case SmallBytes("reply"), SmallBytes("tracking"), SmallBytes("caching"), SmallBytes("getredir"),
+             SmallBytes("trackinginfo"), SmallBytes("no-evict"), SmallBytes("no-touch"), SmallBytes("kill"),
+             SmallBytes("unblock"):
+            return .stateful
+        default: return .forward
+        }
+    }
+
+    /// The error a refused command gets (the client stays connected).
+    public static func refusal(command: String, kind: StatefulKind) -> String {
+        "ERR respool: '\(command)' needs a dedicated upstream connection (\(kind.rawValue)), which is not supported yet"
+    }
+}

@@ -1,0 +1,142 @@
+// Config: respool's settings as a pure function of a [String: String] environment (flags are merged in by main).
+// A bad value is a ConfigError naming the variable; main prints it as one line and exits 2.
+
+public struct ConfigError: Error, Equatable, Sendable, CustomStringConvertible {
+    public struct Problem: Error, Equatable, Sendable {
+        public let message: String
+        public init(_ message: String) { self.message = message }
+    }
+    public let variable: String
+    public let message: String
+    public init(variable: String, message: String) {
+        self.variable = variable
+        self.message = message
+    }
+    public var description: String { "\(variable): \(message)" }
+}
+
+public enum LogLevelSetting: String, CaseIterable, Sendable {
+    case trace, debug, info, notice, warning, error, critical
+}
+
+/// One documented setting: the single table that --help, the README and validation are written from.
+public struct ConfigOption: Sendable {
+    public let variable: String
+    public let flag: String
+    public let defaultText: String
+    public let help: String
+}
+
+public struct Config: Equatable, Sendable {
+    public var upstream: RedisURL
+    /// Which variable the upstream came from (RESPOOL_URL, REDIS_URL or the default), for the start-up line.
+    public var upstreamSource: String
+    public var bind: String
+    public var port: Int
+    public var socketPath: String?
+    public var maxServerConnections: Int
+    public var maxClients: Int
+    public var namePrefix: String
+    public var logLevel: LogLevelSetting
+    public var connectTimeout: Double
+    public var shutdownTimeout: Double
+    public var maxBulkLength: Int
+    public var maxMultibulkLength: Int
+
+    public static let options: [ConfigOption] = [
+        .init(variable: "RESPOOL_URL", flag: "url", defaultText: "$REDIS_URL, else redis://127.0.0.1:6379",
+              help: "Upstream Redis: redis://[user:password@]host:port[/db]. The password AUTHs every upstream connection and is never printed."),
+        .init(variable: "RESPOOL_BIND", flag: "bind", defaultText: "127.0.0.1", help: "Address to listen on for clients."),
+        .init(variable: "RESPOOL_PORT", flag: "port", defaultText: "6380", help: "TCP port to listen on (0 picks a free port, printed at start-up)."),
+        .init(variable: "RESPOOL_SOCKET", flag: "socket", defaultText: "(none)", help: "Also listen on this unix socket path (faster than loopback TCP for a sidecar)."),
+        .init(variable: "RESPOOL_MAX_SERVER_CONNECTIONS", flag: "max-server-connections", defaultText: "10",
+              help: "Hard cap on upstream connections respool ever has open at once."),
+        .init(variable: "RESPOOL_MAX_CLIENTS", flag: "max-clients", defaultText: "10000",
+              help: "Client connections accepted; past it a client gets -ERR max number of clients reached."),
+        .init(variable: "RESPOOL_NAME", flag: "name", defaultText: "$DYNO, else the host name",
+              help: "Prefix of the CLIENT SETNAME given to upstream connections (<name>:pool)."),
+        .init(variable: "RESPOOL_LOG_LEVEL", flag: "log-level", defaultText: "info",
+              help: "trace, debug, info, notice, warning, error or critical."),
+        .init(variable: "RESPOOL_CONNECT_TIMEOUT", flag: "connect-timeout", defaultText: "5",
+              help: "Seconds an upstream connect (and its handshake) may take."),
+        .init(variable: "RESPOOL_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", defaultText: "25",
+              help: "Seconds to finish in-flight commands after SIGTERM/SIGINT before exiting."),
+        .init(variable: "RESPOOL_MAX_BULK_LENGTH", flag: "max-bulk-length", defaultText: "536870912",
+              help: "Largest bulk string accepted from a client, in bytes (Redis's proto-max-bulk-len)."),
+        .init(variable: "RESPOOL_MAX_MULTIBULK_LENGTH", flag: "max-multibulk-length", defaultText: "2147483647",
+              help: "Most arguments accepted in one command."),
+    ]
+
+    /// Builds the configuration from `environment` (process environment with flags merged over it).
+    /// `hostName` is the fallback for the name prefix.
+    public init(environment env: [String: String], hostName: String = "respool") throws(ConfigError) {
+        func value(_ name: String) -> String? {
+            guard let v = env[name]?.trimmingSpaces, !v.isEmpty else { return nil }
+            return v
+        }
+        func integer(_ name: String, default d: Int, range: ClosedRange<Int>) throws(ConfigError) -> Int {
+            guard let text = value(name) else { return d }
+            guard let v = Int(text), range.contains(v) else {
+                throw ConfigError(variable: name, message: "must be an integer from \(range.lowerBound) to \(range.upperBound), got \"\(text.prefix(40))\"")
+            }
+            return v
+        }
+        func seconds(_ name: String, default d: Double, allowZero: Bool) throws(ConfigError) -> Double {
+            guard let text = value(name) else { return d }
+            guard let v = Double(text), v.isFinite, v >= 0, allowZero || v > 0, v <= 86_400 * 365 else {
+                throw ConfigError(variable: name, message: "must be a number of seconds\(allowZero ? "" : " above 0"), got \"\(text.prefix(40))\"")
+            }
+            return v
+        }
+
+        if let text = value("RESPOOL_URL") {
+            do { upstream = try RedisURL(parsing: text) } catch { throw ConfigError(variable: "RESPOOL_URL", message: error.message) }
+            upstreamSource = "RESPOOL_URL"
+        } else if let text = value("REDIS_URL") {
+            do { upstream = try RedisURL(parsing: text) } catch { throw ConfigError(variable: "REDIS_URL", message: error.message) }
+            upstreamSource = "REDIS_URL"
+        } else {
+            upstream = RedisURL()
+            upstreamSource = "default"
+        }
+        bind = value("RESPOOL_BIND") ?? "127.0.0.1"
+        if bind.contains(where: { $0 == " " || $0 == "/" }) {
+            throw ConfigError(variable: "RESPOOL_BIND", message: "must be an IP address or host name, got \"\(bind.prefix(40))\"")
+        }
+        port = try integer("RESPOOL_PORT", default: 6380, range: 0...65535)
+        socketPath = value("RESPOOL_SOCKET")
+        if let p = socketPath, p.utf8.count > 107 {
+            throw ConfigError(variable: "RESPOOL_SOCKET", message: "path is longer than 107 bytes")
+        }
+        maxServerConnections = try integer("RESPOOL_MAX_SERVER_CONNECTIONS", default: 10, range: 1...100_000)
+        maxClients = try integer("RESPOOL_MAX_CLIENTS", default: 10_000, range: 1...10_000_000)
+        let rawName = value("RESPOOL_NAME") ?? value("DYNO") ?? hostName
+        guard !rawName.utf8.contains(where: { $0 <= 32 || $0 >= 127 }) else {
+            throw ConfigError(variable: value("RESPOOL_NAME") != nil ? "RESPOOL_NAME" : "DYNO",
+                              message: "must not contain spaces or special characters (Redis client names cannot)")
+        }
+        namePrefix = rawName
+        if let text = value("RESPOOL_LOG_LEVEL") {
+            guard let l = LogLevelSetting(rawValue: text.lowercased()) else {
+                throw ConfigError(variable: "RESPOOL_LOG_LEVEL",
+                                  message: "must be one of \(LogLevelSetting.allCases.map(\.rawValue).joined(separator: ", ")), got \"\(text.prefix(40))\"")
+            }
+            logLevel = l
+        } else {
+            logLevel = .info
+        }
+        connectTimeout = try seconds("RESPOOL_CONNECT_TIMEOUT", default: 5, allowZero: false)
+        shutdownTimeout = try seconds("RESPOOL_SHUTDOWN_TIMEOUT", default: 25, allowZero: true)
+        maxBulkLength = try integer("RESPOOL_MAX_BULK_LENGTH", default: 512 << 20, range: 1...(Int(Int32.max) * 2))
+        maxMultibulkLength = try integer("RESPOOL_MAX_MULTIBULK_LENGTH", default: Int(Int32.max), range: 1...Int(Int32.max))
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" || f == "\n" || f == "\r" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" || l == "\n" || l == "\r" { s = s.dropLast() }
+        return String(s)
+    }
+}

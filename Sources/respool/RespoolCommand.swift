@@ -1,0 +1,83 @@
+// RespoolCommand: the command line. Every setting is an environment variable (12-factor) and also a flag; flags win.
+import ArgumentParser
+import Glibc
+import Logging
+import Respool
+import RespoolCore
+
+func writeStderr(_ line: String) {
+    var bytes = Array((line + "\n").utf8)
+    _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+}
+
+private func help(_ variable: String) -> ArgumentHelp {
+    guard let o = Config.options.first(where: { $0.variable == variable }) else { return ArgumentHelp("") }
+    return ArgumentHelp("\(o.help) [env: \(o.variable)] (default: \(o.defaultText))")
+}
+
+struct RespoolCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "respool",
+        abstract: "A connection-pooling sidecar proxy for Redis.",
+        discussion: """
+            Point any Redis client at respool; it multiplexes all client connections onto a small, bounded pool of \
+            upstream connections. Every option is read from its environment variable; a flag overrides it.
+            """
+    )
+
+    @Option(name: .customLong("url"), help: help("RESPOOL_URL")) var url: String?
+    @Option(name: .customLong("bind"), help: help("RESPOOL_BIND")) var bind: String?
+    @Option(name: .customLong("port"), help: help("RESPOOL_PORT")) var port: String?
+    @Option(name: .customLong("socket"), help: help("RESPOOL_SOCKET")) var socket: String?
+    @Option(name: .customLong("max-server-connections"), help: help("RESPOOL_MAX_SERVER_CONNECTIONS")) var maxServerConnections: String?
+    @Option(name: .customLong("max-clients"), help: help("RESPOOL_MAX_CLIENTS")) var maxClients: String?
+    @Option(name: .customLong("name"), help: help("RESPOOL_NAME")) var name: String?
+    @Option(name: .customLong("log-level"), help: help("RESPOOL_LOG_LEVEL")) var logLevel: String?
+    @Option(name: .customLong("connect-timeout"), help: help("RESPOOL_CONNECT_TIMEOUT")) var connectTimeout: String?
+    @Option(name: .customLong("shutdown-timeout"), help: help("RESPOOL_SHUTDOWN_TIMEOUT")) var shutdownTimeout: String?
+    @Option(name: .customLong("max-bulk-length"), help: help("RESPOOL_MAX_BULK_LENGTH")) var maxBulkLength: String?
+    @Option(name: .customLong("max-multibulk-length"), help: help("RESPOOL_MAX_MULTIBULK_LENGTH")) var maxMultibulkLength: String?
+
+    /// The process environment with the flags merged over it.
+    func environment() -> [String: String] {
+        var env: [String: String] = [:]
+        var p = environ
+        while let entry = p.pointee {
+            let s = String(cString: entry)
+            if let eq = s.firstIndex(of: "=") { env[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
+            p += 1
+        }
+        let flags: [(String, String?)] = [
+            ("RESPOOL_URL", url), ("RESPOOL_BIND", bind), ("RESPOOL_PORT", port), ("RESPOOL_SOCKET", socket),
+            ("RESPOOL_MAX_SERVER_CONNECTIONS", maxServerConnections), ("RESPOOL_MAX_CLIENTS", maxClients),
+            ("RESPOOL_NAME", name), ("RESPOOL_LOG_LEVEL", logLevel), ("RESPOOL_CONNECT_TIMEOUT", connectTimeout),
+            ("RESPOOL_SHUTDOWN_TIMEOUT", shutdownTimeout), ("RESPOOL_MAX_BULK_LENGTH", maxBulkLength),
+            ("RESPOOL_MAX_MULTIBULK_LENGTH", maxMultibulkLength),
+        ]
+        for (variable, value) in flags { if let value { env[variable] = value } }
+        return env
+    }
+
+    func start() -> Int32 {
+        var host = [CChar](repeating: 0, count: 256)
+        gethostname(&host, host.count - 1)
+        let hostName = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let config: Config
+        do {
+            config = try Config(environment: environment(), hostName: hostName.isEmpty ? "respool" : hostName)
+        } catch {
+            writeStderr("respool: \(error)")
+            return 2
+        }
+        let level = Logger.Level(rawValue: config.logLevel.rawValue) ?? .info
+        let logger = Logger(label: "respool") { label in LogfmtHandler(label: label, level: level) }
+        do {
+            let proxy = try Proxy(config: config, logger: logger)
+            return try proxy.run()
+        } catch {
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            writeStderr("respool: \(error)")
+            return 1
+        }
+    }
+}

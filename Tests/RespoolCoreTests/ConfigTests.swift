@@ -1,0 +1,120 @@
+import RESP
+import RespoolCore
+import XCTest
+
+final class ConfigTests: XCTestCase {
+    func testDefaults() throws {
+        let c = try Config(environment: [:], hostName: "box")
+        XCTAssertEqual(c.upstream, RedisURL(host: "127.0.0.1", port: 6379))
+        XCTAssertEqual(c.upstreamSource, "default")
+        XCTAssertEqual(c.bind, "127.0.0.1")
+        XCTAssertEqual(c.port, 6380)
+        XCTAssertNil(c.socketPath)
+        XCTAssertEqual(c.maxServerConnections, 10)
+        XCTAssertEqual(c.maxClients, 10_000)
+        XCTAssertEqual(c.namePrefix, "box")
+        XCTAssertEqual(c.logLevel, .info)
+        XCTAssertEqual(c.connectTimeout, 5)
+        XCTAssertEqual(c.shutdownTimeout, 25)
+        XCTAssertEqual(c.maxBulkLength, 512 << 20)
+    }
+
+    func testURLPrecedence() throws {
+        let both = try Config(environment: ["RESPOOL_URL": "redis://a:1", "REDIS_URL": "redis://b:2"])
+        XCTAssertEqual(both.upstream.host, "a")
+        XCTAssertEqual(both.upstreamSource, "RESPOOL_URL")
+        let fallback = try Config(environment: ["REDIS_URL": "redis://b:2"])
+        XCTAssertEqual(fallback.upstream.host, "b")
+        XCTAssertEqual(fallback.upstream.port, 2)
+        XCTAssertEqual(fallback.upstreamSource, "REDIS_URL")
+    }
+
+    func testNamePrefix() throws {
+        XCTAssertEqual(try Config(environment: ["DYNO": "web.1"], hostName: "h").namePrefix, "web.1")
+        XCTAssertEqual(try Config(environment: ["DYNO": "web.1", "RESPOOL_NAME": "api"], hostName: "h").namePrefix, "api")
+        XCTAssertThrowsError(try Config(environment: ["RESPOOL_NAME": "has space"])) { e in
+            XCTAssertEqual((e as? ConfigError)?.variable, "RESPOOL_NAME")
+        }
+    }
+
+    func testBadValuesNameTheVariable() {
+        let cases: [(String, String)] = [
+            ("RESPOOL_PORT", "abc"), ("RESPOOL_PORT", "70000"), ("RESPOOL_MAX_SERVER_CONNECTIONS", "0"),
+            ("RESPOOL_MAX_CLIENTS", "-1"), ("RESPOOL_LOG_LEVEL", "loud"), ("RESPOOL_CONNECT_TIMEOUT", "0"),
+            ("RESPOOL_SHUTDOWN_TIMEOUT", "soon"), ("RESPOOL_URL", "http://x"), ("REDIS_URL", "redis://h:0"),
+            ("RESPOOL_MAX_BULK_LENGTH", "0"), ("RESPOOL_BIND", "a b"),
+        ]
+        for (variable, value) in cases {
+            XCTAssertThrowsError(try Config(environment: [variable: value]), "\(variable)=\(value)") { e in
+                guard let ce = e as? ConfigError else { return XCTFail("not a ConfigError: \(e)") }
+                XCTAssertEqual(ce.variable, variable)
+                XCTAssertTrue("\(ce)".hasPrefix("\(variable): "), "\(ce)")
+            }
+        }
+    }
+
+    func testURLParsing() throws {
+        let u = try RedisURL(parsing: "redis://user:p%40ss@cache.example.com:16379/3")
+        XCTAssertEqual(u.host, "cache.example.com")
+        XCTAssertEqual(u.port, 16379)
+        XCTAssertEqual(u.username, "user")
+        XCTAssertEqual(u.password, "p@ss")
+        XCTAssertEqual(u.db, 3)
+        let noUser = try RedisURL(parsing: "redis://:secret@10.0.0.1")
+        XCTAssertNil(noUser.username)
+        XCTAssertEqual(noUser.password, "secret")
+        XCTAssertEqual(noUser.port, 6379)
+        let v6 = try RedisURL(parsing: "redis://[::1]:7000/0?timeout=1")
+        XCTAssertEqual(v6.host, "::1")
+        XCTAssertEqual(v6.port, 7000)
+        XCTAssertThrowsError(try RedisURL(parsing: "redis://h:1/x"))
+        XCTAssertThrowsError(try RedisURL(parsing: "rediss://h:1"))
+        XCTAssertThrowsError(try RedisURL(parsing: "h:1"))
+    }
+
+    func testPasswordNeverInDescriptionOrErrors() throws {
+        let u = try RedisURL(parsing: "redis://admin:hunter2@h:1/2")
+        XCTAssertEqual(u.description, "redis://admin:***@h:1/2")
+        XCTAssertFalse(u.description.contains("hunter2"))
+        for bad in ["redis://admin:hunter2@h:99999", "redis://admin:hunter2@h:1/zz", "http://admin:hunter2@h"] {
+            XCTAssertThrowsError(try Config(environment: ["RESPOOL_URL": bad])) { e in
+                XCTAssertFalse("\(e)".contains("hunter2"), "\(e)")
+            }
+        }
+    }
+
+    func testEveryOptionIsDocumentedOnce() {
+        let names = Config.options.map(\.variable)
+        XCTAssertEqual(Set(names).count, names.count)
+        XCTAssertTrue(names.allSatisfy { $0.hasPrefix("RESPOOL_") })
+    }
+}
+
+final class CommandTableTests: XCTestCase {
+    func testRoutes() {
+        XCTAssertEqual(CommandTable.route(SmallBytes("get")), .forward)
+        XCTAssertEqual(CommandTable.route(SmallBytes("info")), .forward)
+        XCTAssertEqual(CommandTable.route(SmallBytes("flushall")), .forward)
+        XCTAssertEqual(CommandTable.route(SmallBytes("nosuchcommand")), .forward)
+        XCTAssertEqual(CommandTable.route(SmallBytes("multi")), .stateful(.transaction))
+        XCTAssertEqual(CommandTable.route(SmallBytes("blpop")), .stateful(.blocking))
+        XCTAssertEqual(CommandTable.route(SmallBytes("psubscribe")), .stateful(.pubsub))
+        XCTAssertEqual(CommandTable.route(SmallBytes("monitor")), .stateful(.monitor))
+        XCTAssertEqual(CommandTable.route(SmallBytes("xread")), .streamRead)
+        XCTAssertEqual(CommandTable.route(SmallBytes("hello")), .local(.hello))
+        XCTAssertEqual(CommandTable.route(SmallBytes("select")), .local(.select))
+    }
+
+    func testClientSubcommands() {
+        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("setname")), .setname)
+        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("setinfo")), .setinfo)
+        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("tracking")), .stateful)
+        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("kill")), .stateful)
+        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("list")), .forward)
+    }
+
+    func testRefusalNamesTheCommand() {
+        let e = CommandTable.refusal(command: "blpop", kind: .blocking)
+        XCTAssertTrue(e.hasPrefix("ERR respool: 'blpop'"), e)
+    }
+}
