@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Tables for scripts/bench from its tab-separated results file (stdlib only).
+
+Lines it reads (first field = kind):
+  rps   ROUND ROW TARGET CMD OPS_PER_S
+  cpu   ROUND ROW TARGET TICKS REQUESTS        (utime+stime delta of the proxy during that run)
+  sys   TARGET RUN CALLS REQUESTS              (strace -c total during that run; CALLS may be "n/a")
+  mem   TARGET START IDLE BURST PEAK CLOSED CONNECTED REPLIES ERRORS   (kB; see memtest.py)
+Medians across rounds. Targets: direct, respool, twemproxy.
+"""
+import argparse
+import statistics
+import sys
+from collections import OrderedDict, defaultdict
+
+TARGETS = ("direct", "respool", "twemproxy")
+
+
+def fmt_int(x):
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def fmt_ratio(a, b):
+    return "-" if a is None or b in (None, 0) else f"{a / b:.2f}"
+
+
+def fmt_f(x, digits=1):
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def table(headers, rows, align=None):
+    align = align or ["<"] + [">"] * (len(headers) - 1)
+    cells = [headers] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    out = []
+    for n, r in enumerate(cells):
+        out.append("| " + " | ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)) + " |")
+        if n == 0:
+            out.append("|" + "|".join(("-" * (w + 1) + ":") if a == ">" else ("-" * (w + 2)) for a, w in zip(align, widths)) + "|")
+    return "\n".join(out)
+
+
+def skipped(cells, columns):
+    """respool left out of this run: its cells say so instead of '-'."""
+    return [("skipped" if i in columns else c) for i, c in enumerate(cells)]
+
+
+def median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def spread(xs):
+    return (max(xs) - min(xs)) / statistics.median(xs) if len(xs) > 1 and statistics.median(xs) else 0.0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("--clk-tck", type=int, required=True)
+    ap.add_argument("--idle-conns", type=int, default=10000)
+    ap.add_argument("--skip-respool", action="store_true", help="respool was left out: say so in its cells")
+    a = ap.parse_args()
+
+
+    rps = defaultdict(list)  # (row, cmd, target) -> [ops/s]
+    cpu = defaultdict(list)  # (row, target) -> [us/request]
+    rows = OrderedDict()  # row -> [cmd, ...] in order seen
+    sysc = OrderedDict()  # run -> {target: calls/request}
+    mem = {}
+    rounds = set()
+    with open(a.results) as f:
+        for line in f:
+            p = line.rstrip("\n").split("\t")
+            if p[0] == "rps":
+                _, rnd, row, target, cmd, v = p
+                rounds.add(rnd)
+                rows.setdefault(row, [])
+                if cmd not in rows[row]:
+                    rows[row].append(cmd)
+                rps[(row, cmd, target)].append(float(v))
+            elif p[0] == "cpu":
+                _, rnd, row, target, ticks, reqs = p
+                rows.setdefault(row, [])
+                cpu[(row, target)].append(int(ticks) * 1e6 / a.clk_tck / int(reqs))
+            elif p[0] == "sys":
+                _, target, run, calls, reqs = p
+                sysc.setdefault(run, {})[target] = None if calls == "n/a" else int(calls) / int(reqs)
+            elif p[0] == "mem":
+                mem[p[1]] = [int(x) for x in p[2:]]
+
+    print(f"Throughput (redis-benchmark ops/s, median of {len(rounds)} round(s); ratios of medians)")
+    out = []
+    worst = {t: (0.0, "") for t in TARGETS}
+    for row, cmds in rows.items():
+        for cmd in cmds:
+            m = {}
+            for t in TARGETS:
+                xs = rps.get((row, cmd, t), [])
+                m[t] = median(xs)
+                if xs and spread(xs) > worst[t][0]:
+                    worst[t] = (spread(xs), f"{row} {cmd}")
+            r = [row, cmd, fmt_int(m["direct"]), fmt_int(m["respool"]), fmt_int(m["twemproxy"]),
+                 fmt_ratio(m["respool"], m["twemproxy"]), fmt_ratio(m["respool"], m["direct"])]
+            out.append(skipped(r, (3, 5, 6)) if a.skip_respool else r)
+    print(table(["row", "cmd", "direct ops/s", "respool ops/s", "twemproxy ops/s", "respool/twemproxy", "respool/direct"], out,
+                ["<", "<", ">", ">", ">", ">", ">"]))
+    if len(rounds) > 1:
+        print("largest spread across rounds, (max-min)/median: " + ", ".join(
+            f"{t} {w[0] * 100:.0f}% ({w[1]})" for t, w in worst.items() if w[1]))
+
+    print()
+    print(f"Proxy CPU per request (µs, utime+stime of the proxy over the row's run (SET and GET) / its requests; "
+          f"clock tick {1e6 / a.clk_tck:.0f} µs; median)")
+    out = []
+    for row in rows:
+        r, t = median(cpu.get((row, "respool"), [])), median(cpu.get((row, "twemproxy"), []))
+        r = [row, fmt_f(r, 2), fmt_f(t, 2), fmt_ratio(r, t)]
+        out.append(skipped(r, (1, 3)) if a.skip_respool else r)
+    print(table(["row", "respool µs/req", "twemproxy µs/req", "respool/twemproxy"], out))
+
+    print()
+    print("Syscalls per request (strace -c -f on the proxy, separate pass; total calls / requests)")
+    out = [[run, fmt_f(v.get("respool"), 2), fmt_f(v.get("twemproxy"), 2), fmt_ratio(v.get("respool"), v.get("twemproxy"))]
+           for run, v in sysc.items()]
+    if a.skip_respool:
+        out = [skipped(r, (1, 3)) for r in out]
+    print(table(["run", "respool syscalls/req", "twemproxy syscalls/req", "respool/twemproxy"], out) if out else "(not measured)")
+
+    print()
+    n = a.idle_conns
+    print(f"Memory (VmRSS, MiB; {n:,} idle client connections, then one GET on each, then closed)")
+    out = []
+    for t in ("respool", "twemproxy"):
+        if t not in mem:
+            out.append([t] + ["skipped" if t == "respool" and a.skip_respool else "-"] * 8)
+            continue
+        start, idle, burst, peak, closed, connected, replies, errors = mem[t]
+        per = (idle - start) / connected if connected else None
+        out.append([t, fmt_f(start / 1024), fmt_f(idle / 1024), fmt_f(per, 2), fmt_f(burst / 1024), fmt_f(peak / 1024),
+                    fmt_f(closed / 1024), f"{connected:,}/{n:,}", f"{replies:,}" + (f" ({errors:,} errors)" if errors else "")])
+    print(table(["proxy", "at start", "idle conns", "KiB/idle conn", "after burst", "peak (VmHWM)", "after close",
+                 "connected", "GET replies"], out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
