@@ -34,6 +34,7 @@ public struct ReplyFramer: Sendable {
     @usableFromInline var thresholds = SIMD64<Int>() // thresholds of the open aggregates, outermost first
     @usableFromInline var type: UInt8 = 0            // type byte of the value being read
     @usableFromInline var topKind: UInt8 = 0
+    @usableFromInline var inFrame = false            // a reply has started (even if only its attribute so far)
     @usableFromInline var lineLength = 0
     @usableFromInline var number = IntegerScanner()
     @usableFromInline var bulkLeft = 0
@@ -58,7 +59,7 @@ public struct ReplyFramer: Sendable {
 
     /// True when no partial reply is buffered (the last `next` ended exactly at a frame boundary).
     @inlinable
-    public var isAtFrameBoundary: Bool { phase == .header && remaining == 1 && depth == 0 }
+    public var isAtFrameBoundary: Bool { !inFrame && phase != .failed }
 
     public mutating func next(_ bytes: UnsafeRawBufferPointer, from offset: Int) -> FrameResult {
         if phase == .failed { return .error(error.protocolError(byte: errorByte)) }
@@ -71,23 +72,33 @@ public struct ReplyFramer: Sendable {
             case .header:
                 let c = base.load(fromByteOffset: i, as: UInt8.self)
                 i &+= 1
+                let isLine: Bool
                 switch c {
                 case UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: ":"), UInt8(ascii: "_"),
                      UInt8(ascii: "#"), UInt8(ascii: ","), UInt8(ascii: "("):
-                    lineLength = 0
-                    phase = .line
+                    isLine = true
                 case UInt8(ascii: "$"), UInt8(ascii: "!"), UInt8(ascii: "="),
                      UInt8(ascii: "*"), UInt8(ascii: "%"), UInt8(ascii: "~"), UInt8(ascii: ">"), UInt8(ascii: "|"):
-                    lineLength = 0
-                    number = IntegerScanner()
-                    phase = .count
+                    isLine = false
                 default:
                     return fail(.unexpectedReplyType, byte: c)
                 }
                 type = c
-                if c != UInt8(ascii: "|") {
+                inFrame = true
+                if c != UInt8(ascii: "|") {              // an attribute is not counted and is not the reply's kind
                     remaining &-= 1
                     if depth == 0 { topKind = c }
+                }
+                if isLine {
+                    lineLength = 0
+                    phase = .line
+                } else if let (n, next) = quickCount(base, at: i &- 1, end: end), next &- 2 &- i <= maxLineLength {
+                    i = next                              // fast path: the whole count line is here
+                    if let done = countRead(n, at: i) { return done }
+                } else {
+                    lineLength = 0
+                    number = IntegerScanner()
+                    phase = .count
                 }
 
             case .line:
@@ -137,49 +148,22 @@ public struct ReplyFramer: Sendable {
             case .countLF:
                 let c = base.load(fromByteOffset: i, as: UInt8.self)
                 i &+= 1
-                guard c == 10, let n64 = number.value else { return fail(invalidLengthError) }
-                let n = Int(n64)
-                switch type {
-                case UInt8(ascii: "$"), UInt8(ascii: "!"), UInt8(ascii: "="):
-                    if n == -1 && type == UInt8(ascii: "$") {
-                        if let done = valueCompleted(at: i) { return done }
-                        break
-                    }
-                    guard n >= 0, n <= maxBulkLength else { return fail(.invalidBulkLength) }
-                    bulkLeft = n
-                    phase = n == 0 ? .payloadCR : .payload
-                default:
-                    if n == -1 && type == UInt8(ascii: "*") {
-                        if let done = valueCompleted(at: i) { return done }
-                        break
-                    }
-                    guard n >= 0, n <= maxMultibulkLength else { return fail(.invalidMultibulkLength) }
-                    if depth >= maxDepth { return fail(.nestingTooDeep) }
-                    let paired = type == UInt8(ascii: "%") || type == UInt8(ascii: "|")
-                    let (elements, overflow1) = paired ? n.multipliedReportingOverflow(by: 2) : (n, false)
-                    let (total, overflow2) = remaining.addingReportingOverflow(elements)
-                    if overflow1 || overflow2 { return fail(.invalidMultibulkLength) }
-                    if n == 0 {
-                        // Nothing opens. An empty attribute annotates the next value; an empty aggregate is a value.
-                        if type == UInt8(ascii: "|") {
-                            phase = .header
-                        } else if let done = valueCompleted(at: i) {
-                            return done
-                        }
-                        break
-                    }
-                    thresholds[depth] = remaining
-                    closeAt = remaining
-                    depth &+= 1
-                    remaining = total
-                    phase = .header
-                }
+                guard c == 10, let n = number.value else { return fail(invalidLengthError) }
+                if let done = countRead(Int(n), at: i) { return done }
 
             case .payload:
                 let n = min(bulkLeft, end &- i)
                 i &+= n
                 bulkLeft &-= n
-                if bulkLeft == 0 { phase = .payloadCR }
+                if bulkLeft != 0 { break }
+                if end &- i >= 2 {                        // fast path: the CR LF is here too
+                    guard base.load(fromByteOffset: i, as: UInt8.self) == 13,
+                          base.load(fromByteOffset: i &+ 1, as: UInt8.self) == 10 else { return fail(.expectedCRLF) }
+                    i &+= 2
+                    if let done = valueCompleted(at: i) { return done }
+                } else {
+                    phase = .payloadCR
+                }
 
             case .payloadCR:
                 guard base.load(fromByteOffset: i, as: UInt8.self) == 13 else { return fail(.expectedCRLF) }
@@ -196,6 +180,42 @@ public struct ReplyFramer: Sendable {
             }
         }
         return .needMore
+    }
+
+    /// The count line of a '$' '!' '=' '*' '%' '~' '>' '|' value (in `type`) was read up to `i`.
+    /// Returns the frame or error to report, or nil with the phase set to go on.
+    @inlinable
+    mutating func countRead(_ n: Int, at i: Int) -> FrameResult? {
+        switch type {
+        case UInt8(ascii: "$"), UInt8(ascii: "!"), UInt8(ascii: "="):
+            if n == -1 && type == UInt8(ascii: "$") { return valueCompleted(at: i) }
+            guard n >= 0, n <= maxBulkLength else { return fail(.invalidBulkLength) }
+            bulkLeft = n
+            phase = n == 0 ? .payloadCR : .payload
+            return nil
+        default:
+            if n == -1 && type == UInt8(ascii: "*") { return valueCompleted(at: i) }
+            guard n >= 0, n <= maxMultibulkLength else { return fail(.invalidMultibulkLength) }
+            if depth >= maxDepth { return fail(.nestingTooDeep) }
+            let paired = type == UInt8(ascii: "%") || type == UInt8(ascii: "|")
+            let (elements, overflow1) = paired ? n.multipliedReportingOverflow(by: 2) : (n, false)
+            let (total, overflow2) = remaining.addingReportingOverflow(elements)
+            if overflow1 || overflow2 { return fail(.invalidMultibulkLength) }
+            if n == 0 {
+                // Nothing opens. An empty attribute annotates the next value; an empty aggregate is a value.
+                if type == UInt8(ascii: "|") {
+                    phase = .header
+                    return nil
+                }
+                return valueCompleted(at: i)
+            }
+            thresholds[depth] = remaining
+            closeAt = remaining
+            depth &+= 1
+            remaining = total
+            phase = .header
+            return nil
+        }
     }
 
     @usableFromInline
@@ -216,6 +236,7 @@ public struct ReplyFramer: Sendable {
         }
         if remaining == 0 {
             remaining = 1
+            inFrame = false
             return .frame(end: end)
         }
         return nil

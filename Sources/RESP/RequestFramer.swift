@@ -75,7 +75,7 @@ public struct RequestFramer: Sendable {
 
     /// True when no partial request is buffered (the last `next` ended exactly at a frame boundary).
     @inlinable
-    public var isAtFrameBoundary: Bool { phase == .start }
+    public var isAtFrameBoundary: Bool { phase == .start }   // false once failed
 
     /// Scan bytes[offset...]. Bytes consumed by earlier calls are remembered in the state (the caller keeps them);
     /// only NEW bytes are passed each time, each byte exactly once.
