@@ -21,6 +21,13 @@ public enum Socket {
         return .failed(SystemError("read", errno: e))
     }
 
+    /// One send(); returns the bytes written, 0 when the socket is full or on error (the flush reports errors).
+    @inline(__always)
+    public static func write(_ fd: Int32, _ p: UnsafeRawPointer, count: Int) -> Int {
+        let n = Glibc.send(fd, p, count, Int32(MSG_NOSIGNAL))
+        return n > 0 ? n : 0
+    }
+
     /// Best-effort small write (used for a last error line to a client that is being refused).
     public static func writeBestEffort(_ fd: Int32, _ bytes: StaticString) {
         _ = Glibc.send(fd, bytes.utf8Start, bytes.utf8CodeUnitCount, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))

@@ -84,6 +84,14 @@ public struct SmallBytes: Hashable, Sendable, CustomStringConvertible {
             && a.storage.1 == b.storage.1 && a.storage.2 == b.storage.2 && a.storage.3 == b.storage.3
     }
 
+    /// A cheap, deterministic hash for fixed lookup tables on the hot path (Hasher is seeded and slower).
+    @inlinable
+    public var tableHash: UInt64 {
+        var h = storage.0 &* 0x9E37_79B9_7F4A_7C15
+        h ^= (storage.1 ^ (storage.2 &* 31) ^ (storage.3 &* 131) ^ UInt64(length)) &* 0xC2B2_AE3D_27D4_EB4F
+        return h ^ (h >> 29)
+    }
+
     public func hash(into hasher: inout Hasher) {
         hasher.combine(length)
         hasher.combine(wasTruncated)

@@ -23,7 +23,8 @@ final class ClientConnection: Connection {
     /// Bytes of a request that has not fully arrived, or, while stalled, the stalled request and everything after it.
     let partial = ByteChain()
     /// The upstream connection this client's in-flight commands are on (nil when none are in flight).
-    var upstream: UpstreamConnection?
+    /// Unretained: an upstream connection outlives every pin (it is failed, which unpins, before it is released).
+    var upstream: Unmanaged<UpstreamConnection>?
     var inFlight = 0
     var proto = 2
     var db: Int
@@ -79,8 +80,11 @@ final class ClientConnection: Connection {
 
         @inline(__always) func flushRun() {
             if runEnd > runStart {
-                upstream!.out.append(base + runStart, count: runEnd - runStart)
-                upstream!.markDirty()
+                let (p, c) = (base + runStart, runEnd - runStart)
+                upstream!._withUnsafeGuaranteedRef {
+                    $0.out.append(p, count: c)
+                    $0.markDirty()
+                }
             }
             runStart = 0
             runEnd = 0
@@ -124,19 +128,21 @@ final class ClientConnection: Connection {
                             continue
                         }
                     }
-                    let u = target!
                     if prefix > 0 {
                         flushRun()
-                        u.out.appendAll(of: partial)
-                        u.out.append(base + fs, count: end - fs)
-                        u.markDirty()
+                        let frameBytes = base + fs
+                        target!._withUnsafeGuaranteedRef {
+                            $0.out.appendAll(of: partial)
+                            $0.out.append(frameBytes, count: end - fs)
+                            $0.markDirty()
+                        }
                     } else if runEnd > runStart {
                         runEnd = end
                     } else {
                         runStart = fs
                         runEnd = end
                     }
-                    u.enqueue(client: self)
+                    target!._withUnsafeGuaranteedRef { $0.enqueue(client: self) }
                     inFlight += 1
                     proxy.stats.commandsForwarded &+= 1
                     continue
@@ -281,10 +287,11 @@ final class ClientConnection: Connection {
                 return true
             }
         }
-        let u = target!
-        u.out.append(frame.baseAddress!, count: frame.count)
-        u.markDirty()
-        u.enqueue(client: self)
+        target!._withUnsafeGuaranteedRef {
+            $0.out.append(frame.baseAddress!, count: frame.count)
+            $0.markDirty()
+            $0.enqueue(client: self)
+        }
         inFlight += 1
         proxy.stats.commandsForwarded &+= 1
         return true
@@ -292,7 +299,8 @@ final class ClientConnection: Connection {
 
     // MARK: replies
 
-    /// One reply for this client has been appended to `out` (or dropped because the client is gone).
+    /// One reply for this client has been handed over (or dropped because the client is gone). The caller has
+    /// written or queued its bytes.
     @inline(__always)
     func replyDelivered() {
         inFlight -= 1
@@ -302,9 +310,32 @@ final class ClientConnection: Connection {
                 proxy.reap(self)
             } else if stall == .barrier {
                 proxy.scheduleResume(self)
+            } else if closeAfterFlush {
+                markDirty()
             }
         }
-        if !isClosed { markDirty() }
+    }
+
+    /// Sends reply bytes: straight to the socket when nothing is queued before them (no copy into a chain, and no
+    /// chain to allocate and free), else appended to `out` for the flush after this loop iteration.
+    @inline(__always)
+    func deliver(_ p: UnsafeRawPointer, count: Int) {
+        if out.isEmpty {
+            let n = Socket.write(fd, p, count: count)
+            if n == count {
+                proxy.stats.bytesOut &+= n
+                return
+            }
+            if n > 0 {
+                proxy.stats.bytesOut &+= n
+                out.append(p + n, count: count - n)
+            } else {
+                out.append(p, count: count)
+            }
+        } else {
+            out.append(p, count: count)
+        }
+        markDirty()
     }
 
     func reply(_ bytes: [UInt8]) {

@@ -17,14 +17,16 @@ struct ServerInfo {
 
 final class Pool: EventHandler {
     enum Acquire {
-        case ready(UpstreamConnection)
+        case ready(Unmanaged<UpstreamConnection>)
         case wait
         case unavailable(String)
     }
 
     unowned let proxy: Proxy
     let cap: Int
+    /// Owns the connections; `live` mirrors it unretained for the per-command scan (no ARC traffic there).
     private(set) var upstreams: [UpstreamConnection] = []
+    private var live: [Unmanaged<UpstreamConnection>] = []
     private var waiters: [ClientConnection] = []
     private var nextId = 1
     private(set) var serverInfo: ServerInfo?
@@ -45,26 +47,29 @@ final class Pool: EventHandler {
 
     /// Picks the connection for a client that has no command in flight.
     func acquire(proto: Int) -> Acquire {
-        var best: UpstreamConnection? = nil
+        var best: Unmanaged<UpstreamConnection>? = nil
         var bestLoad = Int.max
-        for u in upstreams where u.proto == proto {
-            let load = u.state == .ready ? u.pending : u.pending + 1_000_000
+        for um in live {
+            let load = um._withUnsafeGuaranteedRef { u -> Int in
+                if u.proto != proto { return Int.max }
+                return u.state == .ready ? u.pending : u.pending + 1_000_000
+            }
             if load < bestLoad {
-                best = u
+                best = um
                 bestLoad = load
+                if load == 0 { return .ready(um) }
             }
         }
-        if let best, bestLoad == 0 { return .ready(best) }
         // Every connection of this protocol is busy (or there is none): grow within the cap.
         if upstreams.count < cap && !closing && proxy.base.now() >= retryAt {
-            if let fresh = open(proto: proto), best == nil { return .ready(fresh) }
+            if let fresh = open(proto: proto), best == nil { return .ready(Unmanaged.passUnretained(fresh)) }
         }
         if let best { return .ready(best) }
         if upstreams.count >= cap {
             // The cap is full with connections of the other protocol: switch an idle one in-stream.
             for u in upstreams where u.state == .ready && u.pending == 0 {
                 u.switchProtocol(to: proto)
-                return .ready(u)
+                return .ready(Unmanaged.passUnretained(u))
             }
             return .wait
         }
@@ -107,6 +112,7 @@ final class Pool: EventHandler {
         }
         u.queueHandshake(name: "\(proxy.config.namePrefix):pool")
         upstreams.append(u)
+        live.append(Unmanaged.passUnretained(u))
         proxy.stats.upstreamConnects &+= 1
         proxy.logger.debug("upstream connecting", metadata: ["upstream.id": "\(u.id)", "proto": "\(proto)", "upstream": "\(proxy.config.upstream)"])
         if connectedNow {
@@ -161,7 +167,10 @@ final class Pool: EventHandler {
     private func remove(_ u: UpstreamConnection) {
         // Parked first: the array may hold the last strong reference while `u` is borrowed by a callback.
         proxy.graveyard.append(u)
-        if let i = upstreams.firstIndex(where: { $0 === u }) { upstreams.remove(at: i) }
+        if let i = upstreams.firstIndex(where: { $0 === u }) {
+            upstreams.remove(at: i)
+            live.remove(at: i)
+        }
     }
 
     func connectionFailed(_ u: UpstreamConnection, reason: String, whileConnecting: Bool, failedCommands: Int) {

@@ -75,9 +75,8 @@ public final class Proxy: AcceptHandler {
             listeners.append(try Listener(base: base, unixPath: path, handler: self))
             meta["socket"] = "\(path)"
         }
-        for s in [SIGTERM, SIGINT] {
-            signals.append(try SignalWatch(base: base, signal: s, handler: signalHandler, tag: .primary))
-        }
+        signals.append(try SignalWatch(base: base, signal: SIGTERM, handler: signalHandler, tag: .primary))
+        signals.append(try SignalWatch(base: base, signal: SIGINT, handler: signalHandler, tag: .tertiary))
         signals.append(try SignalWatch(base: base, signal: SIGUSR1, handler: signalHandler, tag: .secondary))
         meta["upstream"] = "\(config.upstream)"
         meta["upstream_from"] = "\(config.upstreamSource)"
@@ -176,7 +175,7 @@ public final class Proxy: AcceptHandler {
 
     // MARK: shutdown
 
-    func beginShutdown(signal: Int32) {
+    func beginShutdown(signal: String) {
         if shuttingDown {
             logger.warning("second signal, exiting at once", metadata: ["signal": "\(signal)"])
             exitCode = 1
@@ -233,10 +232,10 @@ final class SignalHandler: EventHandler {
         super.init()
     }
     override func handleEvent(_ what: Int16, tag: Int) {
-        if tag == 0 {
-            proxy.beginShutdown(signal: SIGTERM)
-        } else {
-            proxy.logStats()
+        switch tag {
+        case 0: proxy.beginShutdown(signal: "SIGTERM")
+        case 2: proxy.beginShutdown(signal: "SIGINT")
+        default: proxy.logStats()
         }
     }
 }

@@ -136,7 +136,8 @@ final class UpstreamConnection: Connection {
 
         @inline(__always) func flushRun() {
             if let c = runClient {
-                c._withUnsafeGuaranteedRef { $0.out.append(base + runStart, count: runEnd - runStart) }
+                let (p, count) = (base + runStart, runEnd - runStart)
+                c._withUnsafeGuaranteedRef { $0.deliver(p, count: count) }
                 runClient = nil
             }
         }
@@ -180,9 +181,11 @@ final class UpstreamConnection: Connection {
                     if gone {
                         if prefix > 0 { partial.removeAll() }
                     } else {
+                        let frameBytes = base + fs
                         client._withUnsafeGuaranteedRef {
                             $0.out.appendAll(of: partial)
-                            $0.out.append(base + fs, count: end - fs)
+                            $0.out.append(frameBytes, count: end - fs)
+                            $0.markDirty()
                         }
                     }
                 } else if let rc = runClient, rc.toOpaque() == client.toOpaque() {
@@ -253,7 +256,10 @@ final class UpstreamConnection: Connection {
             guard e.kind == .client, let c = e.client else { continue }
             failed += 1
             c._withUnsafeGuaranteedRef {
-                if !$0.isClosed { $0.out.append(line) }
+                if !$0.isClosed {
+                    $0.out.append(line)
+                    $0.markDirty()
+                }
                 $0.replyDelivered()
             }
         }

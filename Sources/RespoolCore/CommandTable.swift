@@ -30,7 +30,27 @@ public enum CommandRoute: Sendable, Equatable {
 }
 
 public enum CommandTable {
-    private static let table: [SmallBytes: CommandRoute] = {
+    /// Open addressing over a power-of-two slot array built once; a lookup hashes the name's inline words (no
+    /// Hasher, no ARC) and usually ends at the first probe, since most commands (GET, SET...) are not in the table.
+    private struct Slot {
+        var key: SmallBytes
+        var route: CommandRoute
+        var used: Bool
+    }
+
+    private static let slotCount = 256
+    nonisolated(unsafe) private static let slots: UnsafeMutablePointer<Slot> = {
+        let p = UnsafeMutablePointer<Slot>.allocate(capacity: slotCount)
+        p.initialize(repeating: Slot(key: SmallBytes(), route: .forward, used: false), count: slotCount)
+        for (key, route) in entries {
+            var i = Int(truncatingIfNeeded: key.tableHash) & (slotCount - 1)
+            while p[i].used { i = (i + 1) & (slotCount - 1) }
+            p[i] = Slot(key: key, route: route, used: true)
+        }
+        return p
+    }()
+
+    private static let entries: [SmallBytes: CommandRoute] = {
         var t: [SmallBytes: CommandRoute] = [:]
         for n: StaticString in ["multi", "exec", "discard", "watch", "unwatch"] { t[SmallBytes(n)] = .stateful(.transaction) }
         for n: StaticString in ["blpop", "brpop", "brpoplpush", "blmove", "blmpop", "bzpopmin", "bzpopmax", "bzmpop", "wait", "waitaof"] {
@@ -58,7 +78,13 @@ public enum CommandTable {
     @inline(__always)
     public static func route(_ name: SmallBytes) -> CommandRoute {
         if name.truncated { return .forward }
-        return table[name] ?? .forward
+        let s = slots
+        var i = Int(truncatingIfNeeded: name.tableHash) & (slotCount - 1)
+        while s[i].used {
+            if s[i].key == name { return s[i].route }
+            i = (i + 1) & (slotCount - 1)
+        }
+        return .forward
     }
 
     /// CLIENT subcommands: which are answered locally, which are refused, the rest are forwarded (LIST, PAUSE, HELP...).

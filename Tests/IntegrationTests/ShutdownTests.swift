@@ -1,0 +1,170 @@
+// SIGTERM: stop accepting, answer what is in flight, exit 0.
+import Foundation
+import RESP
+import XCTest
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class ShutdownTests: IntegrationTestCase {
+    /// No clients: SIGTERM exits 0 promptly.
+    func testSigtermWhenIdleExitsZero() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(env: ["RESPOOL_SHUTDOWN_TIMEOUT": "3"]) { _, respool in
+            let c = try respool.client()
+            assertReply(try c.command("PING"), Reply.pong, "PING")
+            c.close()
+            let t0 = monotonicNow()
+            let status = respool.terminate(timeout: 10)
+            XCTAssertEqual(status, .exited(0), "exit after SIGTERM")
+            XCTAssertLessThan(monotonicNow() - t0, 5, "exit took longer than the shutdown timeout + 2s")
+        }
+    }
+
+    /// A command in flight at SIGTERM (redis busy in DEBUG SLEEP) and the one pipelined behind it are answered;
+    /// a new connection is not served; respool exits 0.
+    func testSigtermAnswersInFlightCommandsAndStopsAccepting() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(redisArgs: ["--enable-debug-command", "yes"], env: ["RESPOOL_SHUTDOWN_TIMEOUT": "5"]) { _, respool in
+            let busy = try respool.client()
+            let idle = try respool.client()
+            assertReply(try busy.command("PING"), Reply.pong, "PING")
+            assertReply(try idle.command("PING"), Reply.pong, "PING on the idle client")
+            try busy.send(RESPWriter.command(["DEBUG", "SLEEP", "1"]) + RESPWriter.command(["ECHO", "in flight"]))
+            sleepSeconds(0.2)
+            respool.signal(SIGTERM)
+            sleepSeconds(0.2)
+            // Stops accepting: a new connection is refused, or closed without being served.
+            do {
+                let late = try TestClient(respool.endpoint, timeout: 5)
+                try? late.sendCommand(["ECHO", "late"])
+                let outcome = late.waitForClose(timeout: 5)
+                if case .reply(let v) = outcome {
+                    XCTFail("a connection made after SIGTERM was served: \(show(v))")
+                }
+            } catch let e as TestClientError {
+                guard case .connectFailed = e else { throw e }
+            }
+            assertReply(try busy.readValue(), Reply.ok, "DEBUG SLEEP 1 in flight at SIGTERM")
+            assertReply(try busy.readValue(), Reply.bulk("in flight"), "ECHO pipelined behind it")
+            busy.close()
+            idle.close()
+            let status = respool.waitForExit(timeout: 10)
+            XCTAssertEqual(status, .exited(0), "exit after SIGTERM (nil = still running 10s later)")
+        }
+    }
+
+    /// 50 clients mid-pipeline at SIGTERM (redis held busy so their commands are in flight): every reply is the right
+    /// one for its command, or the connection closes (then nothing more); exit code 0.
+    func testSigtermWithFiftyClientsMidPipeline() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(redisArgs: ["--enable-debug-command", "yes"], env: ["RESPOOL_SHUTDOWN_TIMEOUT": "10"]) { _, respool in
+            let p = keyPrefix()
+            let clients = 50
+            let endpoint = respool.endpoint
+            let failures = FailureLog()
+            let ready = Barrier(parties: clients)
+            let go = Barrier(parties: clients + 1)
+            let written = Barrier(parties: clients + 1)
+            let signalled = Barrier(parties: clients + 1)
+            let stats = Locked((answeredBefore: 0, writtenBefore: 0, answeredAfter: 0, closedEarly: 0))
+
+            @Sendable func pipelineFor(_ c: Int, _ part: String, _ n: Int) -> (bytes: [UInt8], expected: [RESPValue]) {
+                var bytes: [UInt8] = []
+                var expected: [RESPValue] = []
+                for i in 0..<n {
+                    let tok = "\(c).\(part).\(i)"
+                    switch i % 3 {
+                    case 0:
+                        bytes += RESPWriter.command(["ECHO", tok])
+                        expected.append(Reply.bulk(tok))
+                    case 1:
+                        bytes += RESPWriter.command(["SET", "\(p)\(c):\(part):\(i)", tok])
+                        expected.append(Reply.ok)
+                    default:
+                        bytes += RESPWriter.command(["GET", "\(p)\(c):\(part):\(i - 1)"])
+                        expected.append(Reply.bulk("\(c).\(part).\(i - 1)"))
+                    }
+                }
+                return (bytes, expected)
+            }
+
+            let blocker = try respool.client()
+            assertReply(try blocker.command("PING"), Reply.pong, "PING on the blocker")
+            let load = Worker {
+                runThreads(clients, timeout: 60, failures: failures) { c in
+                    let before = pipelineFor(c, "a", 100)
+                    var pending = [ready, go, written, signalled]   // barriers still owed if this client fails early
+                    defer { for b in pending { b.arrive() } }
+                    let conn = try TestClient(endpoint, timeout: 15)
+                    let hello = try conn.command("ECHO", "hello \(c)")
+                    guard hello == Reply.bulk("hello \(c)") else {
+                        throw TestClientError.io("ECHO before SIGTERM got \(show(hello))")
+                    }
+                    pending.removeFirst().arrive()
+                    pending.removeFirst().arriveAndWait()   // go: redis is now busy in DEBUG SLEEP
+                    try conn.send(before.bytes)
+                    pending.removeFirst().arriveAndWait()   // written
+                    pending.removeFirst().arriveAndWait()   // signalled
+                    // More commands after the signal (mid-pipeline): answered correctly, refused, or the socket closes.
+                    let after = pipelineFor(c, "b", 30)
+                    let wroteAfter = (try? conn.send(after.bytes)) != nil
+                    var answered = 0
+                    var closed = false
+                    for (i, exp) in before.expected.enumerated() {
+                        do {
+                            let got = try conn.readValue()
+                            if got != exp {
+                                failures.record("client \(c) command a.\(i) (written before SIGTERM): expected \(show(exp)), got \(show(got))")
+                                return
+                            }
+                            answered += 1
+                        } catch let e as TestClientError where e.isClosed {
+                            closed = true
+                            break
+                        }
+                    }
+                    var answeredAfter = 0
+                    if !closed && wroteAfter {
+                        for (i, exp) in after.expected.enumerated() {
+                            do {
+                                let got = try conn.readValue()
+                                if got != exp && got.errorText == nil {
+                                    failures.record("client \(c) command b.\(i) (written after SIGTERM): expected \(show(exp)) or an error, got \(show(got))")
+                                    return
+                                }
+                                answeredAfter += 1
+                            } catch let e as TestClientError where e.isClosed {
+                                break
+                            }
+                        }
+                    }
+                    stats.withLock { s in
+                        s.answeredBefore += answered
+                        s.writtenBefore += before.expected.count
+                        s.answeredAfter += answeredAfter
+                        if closed { s.closedEarly += 1 }
+                    }
+                }
+            }
+            XCTAssertTrue(ready.waitAll(timeout: 30), "clients did not connect")
+            // Hold redis busy so the 50 pipelines are in flight (read by respool, not yet answered) at SIGTERM.
+            try blocker.send(RESPWriter.command(["DEBUG", "SLEEP", "0.6"]))
+            sleepSeconds(0.05)
+            go.arriveAndWait(timeout: 30)
+            XCTAssertTrue(written.arriveAndWait(timeout: 30), "clients did not write their pipelines")
+            sleepSeconds(0.15)
+            respool.signal(SIGTERM)
+            signalled.arriveAndWait(timeout: 30)
+            assertReply(try blocker.readValue(), Reply.ok, "DEBUG SLEEP in flight at SIGTERM")
+            blocker.close()
+            XCTAssertTrue(load.join(timeout: 60), "client threads stuck")
+            let s = stats.current
+            print("[\(name)] answered \(s.answeredBefore)/\(s.writtenBefore) commands written before SIGTERM, "
+                + "\(s.answeredAfter) written after; \(s.closedEarly) connections closed before all were answered")
+            XCTAssertEqual(failures.count, 0, failures.summary)
+            let status = respool.waitForExit(timeout: 15)
+            XCTAssertEqual(status, .exited(0), "exit after SIGTERM (nil = still running 15s later)")
+        }
+    }
+}

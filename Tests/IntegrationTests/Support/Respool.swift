@@ -1,0 +1,177 @@
+// Fixture: the respool binary as a child process, configured by environment (PATH is the only inherited variable),
+// stdout/stderr captured, listen port parsed from the `msg="respool started"` log line.
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class Respool: @unchecked Sendable {
+    /// `RESPOOL_BIN`, else `respool` next to the test executable (the .xctest bundle lives in .build/debug/).
+    static var binary: String {
+        if let bin = ProcessInfo.processInfo.environment["RESPOOL_BIN"], !bin.isEmpty { return bin }
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        let exe = n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
+        return (exe as NSString).deletingLastPathComponent + "/respool"
+    }
+
+    /// nil only in the debug mode RESPOOL_IT_DIRECT_REDIS=1 (clients talk to redis-server directly).
+    let process: ChildProcess?
+    let stdout: OutputCapture?
+    let stderr: OutputCapture?
+    let environment: [String: String]
+    let arguments: [String]
+    /// From the started line (0 until started).
+    private(set) var port = 0
+    private(set) var socketPath: String?
+    private(set) var startedLine = ""
+    /// Set by terminate()/kill()/signal(): the test stopped it on purpose (the fixture then skips its crash check).
+    private(set) var stoppedOnPurpose = false
+
+    var endpoint: Endpoint { .loopback(port) }
+    var isRunning: Bool { process?.isRunning ?? true }
+    var stdoutText: String { stdout?.text ?? "" }
+    var stderrText: String { stderr?.text ?? "" }
+    var output: String { "--- stdout ---\n\(stdoutText)--- stderr ---\n\(stderrText)" }
+    var isDirectRedis: Bool { process == nil }
+
+    /// DEBUG MODE ONLY (RESPOOL_IT_DIRECT_REDIS=1): a stand-in that points clients at redis-server itself, to check
+    /// the harness and the tests' expectations without the proxy.
+    static func directRedis(port: Int) -> Respool {
+        let r = Respool(process: nil, stdout: nil, stderr: nil, environment: [:], arguments: [])
+        r.port = port
+        return r
+    }
+
+    private init(process: ChildProcess?, stdout: OutputCapture?, stderr: OutputCapture?,
+                 environment: [String: String], arguments: [String]) {
+        self.process = process
+        self.stdout = stdout
+        self.stderr = stderr
+        self.environment = environment
+        self.arguments = arguments
+    }
+
+    /// Spawns the binary without waiting for anything.
+    static func spawn(env: [String: String], arguments: [String] = []) throws -> Respool {
+        var environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
+        for (k, v) in env { environment[k] = v }
+        let out = try makePipe()
+        let err = try makePipe()
+        let child: ChildProcess
+        do {
+            child = try ChildProcess.spawn(path: binary, arguments: arguments, environment: environment,
+                                           stdoutFD: out.write, stderrFD: err.write)
+        } catch {
+            for fd in [out.read, out.write, err.read, err.write] { close(fd) }
+            throw SpawnError(description: "cannot start respool at \(binary) (set RESPOOL_BIN?): \(error)")
+        }
+        close(out.write)
+        close(err.write)
+        return Respool(process: child, stdout: OutputCapture(fd: out.read, name: "respool-stdout"),
+                       stderr: OutputCapture(fd: err.read, name: "respool-stderr"),
+                       environment: environment, arguments: arguments)
+    }
+
+    /// Spawns and waits for the started line; on timeout or early exit, kills it and throws with the output.
+    static func launch(env: [String: String], arguments: [String] = [], startTimeout: Double = 15) throws -> Respool {
+        let r = try spawn(env: env, arguments: arguments)
+        let line = r.stdout!.waitForLine(timeout: startTimeout, stop: { !r.isRunning }) {
+            $0.contains("msg=\"respool started\"")
+        }
+        guard let started = line else {
+            let status = r.process!.exitStatus
+            if status == nil { r.process!.killAndWait() }
+            r.stdout!.waitForEOF(timeout: 2)
+            r.stderr!.waitForEOF(timeout: 2)
+            throw SpawnError(description: "respool did not log msg=\"respool started\" within \(startTimeout)s"
+                + " (\(status.map { "\($0)" } ?? "still running, killed")); env \(env) args \(arguments)\n\(r.output)")
+        }
+        r.startedLine = started
+        guard let listen = logfmtValue(started, key: "listen"),
+              let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), port > 0 else {
+            r.process!.killAndWait()
+            throw SpawnError(description: "started line has no listen=HOST:PORT: \(started)")
+        }
+        r.port = port
+        r.socketPath = logfmtValue(started, key: "socket")
+        return r
+    }
+
+    /// Runs the binary to completion (for configuration errors): exit status and both outputs.
+    static func runToExit(env: [String: String], arguments: [String] = [], timeout: Double = 10) throws
+        -> (status: ExitStatus?, stdout: String, stderr: String) {
+        let r = try spawn(env: env, arguments: arguments)
+        // Stop waiting as soon as it exits, or as soon as it reports that it started (a value it should refuse).
+        _ = r.stdout!.waitForLine(timeout: timeout, stop: { !r.isRunning }) { $0.contains("msg=\"respool started\"") }
+        let status = r.process!.wait(timeout: 1)
+        if status == nil { r.process!.killAndWait() }
+        r.stdout!.waitForEOF(timeout: 2)
+        r.stderr!.waitForEOF(timeout: 2)
+        return (status, r.stdoutText, r.stderrText)
+    }
+
+    /// SIGTERM, wait up to `timeout`; nil when it had to be SIGKILLed.
+    @discardableResult
+    func terminate(timeout: Double = 10) -> ExitStatus? {
+        stoppedOnPurpose = true
+        guard let process else { return .exited(0) }
+        if let s = process.exitStatus { return s }
+        process.signal(SIGTERM)
+        let status = process.wait(timeout: timeout)
+        if status == nil { process.killAndWait() }
+        stdout?.waitForEOF(timeout: 2)
+        stderr?.waitForEOF(timeout: 2)
+        return status
+    }
+
+    func signal(_ sig: Int32) {
+        stoppedOnPurpose = true
+        process?.signal(sig)
+    }
+
+    func kill() {
+        stoppedOnPurpose = true
+        process?.killAndWait()
+        stdout?.waitForEOF(timeout: 2)
+        stderr?.waitForEOF(timeout: 2)
+    }
+
+    /// The exit status once it ended (nil while running, or in direct-redis mode).
+    var exitStatus: ExitStatus? { process?.exitStatus }
+
+    func waitForExit(timeout: Double) -> ExitStatus? { process?.wait(timeout: timeout) }
+
+    func client(timeout: Double = 10) throws -> TestClient { try TestClient(endpoint, timeout: timeout) }
+}
+
+/// Value of `key=` in a logfmt line (quoted or bare).
+func logfmtValue(_ line: String, key: String) -> String? {
+    let chars = Array(line)
+    let needle = Array(key + "=")
+    var i = 0
+    while i + needle.count <= chars.count {
+        let atBoundary = i == 0 || chars[i - 1] == " "
+        if atBoundary && Array(chars[i..<(i + needle.count)]) == needle {
+            var j = i + needle.count
+            if j < chars.count && chars[j] == "\"" {
+                j += 1
+                var value = ""
+                while j < chars.count && chars[j] != "\"" {
+                    if chars[j] == "\\" && j + 1 < chars.count { j += 1 }
+                    value.append(chars[j])
+                    j += 1
+                }
+                return value
+            }
+            var value = ""
+            while j < chars.count && chars[j] != " " {
+                value.append(chars[j])
+                j += 1
+            }
+            return value
+        }
+        i += 1
+    }
+    return nil
+}
