@@ -60,3 +60,36 @@ public struct ByteChain {
         return .failure(SystemError("write", errno: e))
     }
 }
+
+/// A ByteChain created on first use: most client connections never hold a partial request.
+public struct LazyByteChain {
+    public private(set) var chain: ByteChain?
+
+    public init() {}
+
+    @inline(__always) public var count: Int { chain?.count ?? 0 }
+
+    @inline(__always)
+    public mutating func append(_ p: UnsafeRawPointer, count: Int) {
+        if count <= 0 { return }
+        if chain == nil { chain = ByteChain() }
+        chain!.append(p, count: count)
+    }
+
+    public func copyBytes() -> [UInt8] { chain?.copyBytes() ?? [] }
+    public func removeAll() { chain?.removeAll() }
+
+    /// Frees the chain (when the owner goes away).
+    public mutating func free() {
+        chain?.free()
+        chain = nil
+    }
+}
+
+extension ByteChain {
+    /// Moves every byte of a lazily created chain here.
+    @inline(__always)
+    public func appendAll(of other: LazyByteChain) {
+        if let c = other.chain { appendAll(of: c) }
+    }
+}

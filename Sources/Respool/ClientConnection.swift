@@ -21,7 +21,7 @@ final class ClientConnection: Connection {
     var lastActive: Double
     var framer: RequestFramer
     /// Bytes of a request that has not fully arrived, or, while stalled, the stalled request and everything after it.
-    let partial = ByteChain()
+    var partial = LazyByteChain()
     /// The upstream connection this client's in-flight commands are on (nil when none are in flight).
     /// Unretained: an upstream connection outlives every pin (it is failed, which unpins, before it is released).
     var upstream: Unmanaged<UpstreamConnection>?

@@ -23,11 +23,26 @@ class Connection: EventHandler {
 
     deinit { out.free() }
 
-    /// Creates the persistent read event and the write event (armed on demand).
+    /// Creates the persistent read event. The write event is created on the first short write (most client
+    /// connections never need one: memory per idle client matters with thousands of them).
     func setUpEvents(read: Bool) throws(SystemError) {
         readEvent = try IOEvent(base: proxy.base, fd: fd, what: IOEvent.read | IOEvent.persist, handler: self, tag: .primary)
-        writeEvent = try IOEvent(base: proxy.base, fd: fd, what: IOEvent.write | IOEvent.persist, handler: self, tag: .secondary)
         if read { enableReading() }
+    }
+
+    /// Arms EV_WRITE (creating the event the first time).
+    final func armWrite() {
+        if writeArmed || isClosed { return }
+        if !writeEvent.isValid {
+            do {
+                writeEvent = try IOEvent(base: proxy.base, fd: fd, what: IOEvent.write | IOEvent.persist, handler: self, tag: .secondary)
+            } catch {
+                writeFailed(error)
+                return
+            }
+        }
+        writeArmed = true
+        writeEvent.add()
     }
 
     @inline(__always)
@@ -94,9 +109,8 @@ class Connection: EventHandler {
                 writeEvent.remove()
             }
             drained()
-        } else if !writeArmed {
-            writeArmed = true
-            writeEvent.add()
+        } else {
+            armWrite()
         }
     }
 

@@ -118,8 +118,7 @@ final class Pool: EventHandler {
         if connectedNow {
             u.connected()
         } else {
-            u.writeEvent.add()
-            u.writeArmed = true
+            u.armWrite()
         }
         return u
     }

@@ -94,8 +94,10 @@ final class UpstreamConnection: Connection {
 
     func connected() {
         state = .handshaking
-        writeEvent.remove()
-        writeArmed = false
+        if writeArmed {
+            writeEvent.remove()
+            writeArmed = false
+        }
         Socket.setNoDelay(fd)
         Socket.setKeepAlive(fd)
         enableReading()
