@@ -70,6 +70,37 @@ final class ConfigurationTests: IntegrationTestCase {
         }
     }
 
+    /// Every stdout line is logfmt (key=value pairs, values bare or double-quoted) with ts, level and msg — through
+    /// start, client traffic, an upstream failure and shutdown.
+    func testStdoutIsLogfmt() throws {
+        try requireRealRespool()
+        try withRedis { redis in
+            try withRespool(upstream: redis, env: ["RESPOOL_LOG_LEVEL": "debug"]) { respool in
+                let c = try respool.client()
+                assertReply(try c.command("SET", keyPrefix() + "k", "v"), Reply.ok, "SET")
+                try c.send("*1\r\n$abc\r\n")          // a protocol error gets logged somewhere
+                _ = c.waitForClose()
+                redis.kill()
+                let d = try respool.client(timeout: 5)
+                XCTAssertNotNil(try d.command("GET", "k").errorText, "GET with redis down")
+                try redis.restart()
+                XCTAssertEqual(respool.terminate(), .exited(0), "exit after SIGTERM")
+                let lines = respool.stdoutText.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
+                XCTAssertGreaterThan(lines.count, 1, "stdout:\n\(respool.stdoutText)")
+                for line in lines {
+                    guard let pairs = parseLogfmt(String(line)) else {
+                        XCTFail("not logfmt: \(line)")
+                        continue
+                    }
+                    let keys = Set(pairs.map(\.key))
+                    for key in ["ts", "level", "msg"] where !keys.contains(key) {
+                        XCTFail("no \(key)= in: \(line)")
+                    }
+                }
+            }
+        }
+    }
+
     /// Every setting also works as a flag.
     func testFlagsConfigureLikeEnvironment() throws {
         try requireRealRespool()

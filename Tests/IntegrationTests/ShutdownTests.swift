@@ -54,6 +54,30 @@ final class ShutdownTests: IntegrationTestCase {
         }
     }
 
+    /// RESPOOL_SHUTDOWN_TIMEOUT bounds the drain: a command that cannot finish in time does not keep respool alive.
+    func testShutdownTimeoutBoundsTheDrain() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(redisArgs: ["--enable-debug-command", "yes"], env: ["RESPOOL_SHUTDOWN_TIMEOUT": "1"]) { _, respool in
+            let c = try respool.client()
+            assertReply(try c.command("PING"), Reply.pong, "PING")
+            try c.sendCommand(["DEBUG", "SLEEP", "3"])
+            sleepSeconds(0.2)
+            let t0 = monotonicNow()
+            respool.signal(SIGTERM)
+            let status = respool.waitForExit(timeout: 10)
+            let elapsed = monotonicNow() - t0
+            XCTAssertNotNil(status, "still running 10s after SIGTERM with RESPOOL_SHUTDOWN_TIMEOUT=1")
+            XCTAssertLessThan(elapsed, 2.5, "exit took \(elapsed)s with RESPOOL_SHUTDOWN_TIMEOUT=1")
+            if case .signaled(let sig)? = status { XCTFail("respool died by signal \(sig)\n\(respool.output)") }
+            // The unfinished command: an error reply or the connection closed, never a made-up success.
+            switch c.waitForClose(timeout: 5) {
+            case .closed: break
+            case .reply(let v): XCTAssertNotNil(v.errorText, "reply to the unfinished DEBUG SLEEP: \(show(v))")
+            case .stillOpen: XCTFail("client connection still open after respool exited")
+            }
+        }
+    }
+
     /// 50 clients mid-pipeline at SIGTERM (redis held busy so their commands are in flight): every reply is the right
     /// one for its command, or the connection closes (then nothing more); exit code 0.
     func testSigtermWithFiftyClientsMidPipeline() throws {

@@ -175,3 +175,51 @@ func logfmtValue(_ line: String, key: String) -> String? {
     }
     return nil
 }
+
+/// Parses a whole logfmt line: `key=value` pairs separated by single spaces; a value is bare (no space, quote or
+/// '=') or double-quoted with backslash escapes. nil when the line is not logfmt.
+func parseLogfmt(_ line: String) -> [(key: String, value: String)]? {
+    let chars = Array(line)
+    var i = 0
+    var out: [(key: String, value: String)] = []
+    while i < chars.count {
+        var key = ""
+        while i < chars.count, chars[i] != "=", chars[i] != " ", chars[i] != "\"" {
+            key.append(chars[i])
+            i += 1
+        }
+        guard !key.isEmpty, i < chars.count, chars[i] == "=" else { return nil }
+        i += 1
+        var value = ""
+        if i < chars.count, chars[i] == "\"" {
+            i += 1
+            var closed = false
+            while i < chars.count {
+                if chars[i] == "\\", i + 1 < chars.count {
+                    value.append(chars[i + 1])
+                    i += 2
+                } else if chars[i] == "\"" {
+                    closed = true
+                    i += 1
+                    break
+                } else {
+                    value.append(chars[i])
+                    i += 1
+                }
+            }
+            guard closed else { return nil }
+        } else {
+            while i < chars.count, chars[i] != " " {
+                guard chars[i] != "\"" else { return nil }
+                value.append(chars[i])
+                i += 1
+            }
+        }
+        out.append((key, value))
+        if i < chars.count {
+            guard chars[i] == " ", i + 1 < chars.count else { return nil }
+            i += 1
+        }
+    }
+    return out.isEmpty ? nil : out
+}
