@@ -35,6 +35,7 @@ final class Pool: EventHandler {
     private var retryAt = 0.0
     private(set) var lastError: String?
     private var retryTimer: Timer?
+    private var resolved: SocketAddress?
     var closing = false
 
     init(proxy: Proxy, cap: Int) {
@@ -80,12 +81,19 @@ final class Pool: EventHandler {
     @discardableResult
     func open(proto: Int) -> UpstreamConnection? {
         precondition(upstreams.count < cap, "pool would exceed its cap: \(upstreams.count) of \(cap)")
+        // The name is resolved (getaddrinfo, blocking) only for the first connection and again after a failure, so
+        // a moved server is found while the steady state never blocks the loop on DNS.
         let address: SocketAddress
-        do {
-            address = try SocketAddress.resolve(host: proxy.config.upstream.host, port: proxy.config.upstream.port)
-        } catch {
-            noteConnectFailure(error.reason)
-            return nil
+        if let cached = resolved {
+            address = cached
+        } else {
+            do {
+                address = try SocketAddress.resolve(host: proxy.config.upstream.host, port: proxy.config.upstream.port)
+                resolved = address
+            } catch {
+                noteConnectFailure(error.reason)
+                return nil
+            }
         }
         let fd: Int32
         var connectedNow = false
@@ -195,6 +203,7 @@ final class Pool: EventHandler {
 
     /// Exponential backoff with full jitter: 100 ms doubling up to 5 s.
     private func noteConnectFailure(_ reason: String) {
+        resolved = nil
         failures += 1
         lastError = reason
         proxy.stats.upstreamConnectFailures &+= 1

@@ -114,6 +114,46 @@ final class LocalCommandTests: IntegrationTestCase {
         }
     }
 
+    /// With a single upstream connection, RESP2 and RESP3 clients must take turns on it: respool switches the
+    /// connection's protocol in-stream (HELLO, swallowed) only while nothing is in flight on it, so every client still
+    /// gets its own protocol's replies, and redis never sees a second connection.
+    func testProtocolSwitchOnASingleUpstreamConnection() throws {
+        try requireRealRespool()
+        let poolName = "itswitch\(getpid())"
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "1", "RESPOOL_NAME": poolName]) { redis, respool in
+            let p = keyPrefix()
+            let setup = try respool.client()
+            _ = try setup.pipeline([["HSET", "\(p)h", "f", "v"]])
+            let endpoint = respool.endpoint
+            let failures = FailureLog()
+            runThreads(6, timeout: 60, failures: failures) { t in
+                let conn = try TestClient(endpoint, timeout: 10)
+                let isResp3 = t % 2 == 1
+                if isResp3 {
+                    guard case .map = try conn.command("HELLO", "3") else {
+                        failures.record("thread \(t): HELLO 3 did not answer a map")
+                        return
+                    }
+                }
+                for round in 0..<50 {
+                    let replies = try conn.pipeline([["HGETALL", "\(p)h"], ["GET", "\(p)missing"], ["ECHO", "t\(t)r\(round)"]])
+                    let expected: [RESPValue] = isResp3
+                        ? [.map([Reply.bulk("f"), Reply.bulk("v")]), .null, Reply.bulk("t\(t)r\(round)")]
+                        : [Reply.bulks(["f", "v"]), Reply.nilBulk, Reply.bulk("t\(t)r\(round)")]
+                    if replies != expected {
+                        failures.record("RESP\(isResp3 ? 3 : 2) client \(t) round \(round): got \(replies.map { show($0) })")
+                        return
+                    }
+                }
+            }
+            XCTAssertEqual(failures.count, 0, failures.summary)
+            let sampler = try redis.client()
+            let list = try sampler.command("CLIENT", "LIST").string ?? ""
+            let pooled = list.split(separator: "\n").filter { $0.contains("name=\(poolName):pool") }
+            XCTAssertEqual(pooled.count, 1, "expected exactly one upstream connection:\n\(list)")
+        }
+    }
+
     /// Names set by HELLO SETNAME / CLIENT SETNAME are answered by CLIENT GETNAME on that connection only, and do
     /// not reach redis (the upstream connections keep their pool name).
     func testClientNamesAreLocalToTheClient() throws {
