@@ -38,6 +38,13 @@ public struct ByteChain {
         _ = evbuffer_remove_buffer(other.raw, raw, count)
     }
 
+    /// The first byte (0 when empty).
+    public var firstByte: UInt8 {
+        var b: UInt8 = 0
+        _ = evbuffer_copyout(raw, &b, 1)
+        return b
+    }
+
     public func drain(_ count: Int) { evbuffer_drain(raw, count) }
     public func removeAll() { evbuffer_drain(raw, evbuffer_get_length(raw)) }
 

@@ -28,6 +28,10 @@ final class UpstreamConnection: Connection {
     let createdAt: Double
     var connectTimer: Timer?
     var commandsServed = 0
+    /// Bytes of the FIFO head's reply already passed on to its client (a large reply streamed as it arrives).
+    var streamed = 0
+    /// A reply whose incomplete part reaches this size is streamed instead of collected.
+    static let streamThreshold = 16 << 10
 
     init(proxy: Proxy, fd: Int32, id: Int, proto: Int) {
         self.id = id
@@ -148,13 +152,30 @@ final class UpstreamConnection: Connection {
             switch framer.next(buf, from: offset) {
             case .needMore:
                 flushRun()
-                partial.append(base + frameStart, count: n - frameStart)
+                let tail = n - frameStart
+                if streamed > 0 || (tail + partial.count >= UpstreamConnection.streamThreshold && canStreamHead(first: base + frameStart)) {
+                    // A large reply goes on to its client as it arrives (its destination is the FIFO head).
+                    streamHead(partialFirst: true, base + frameStart, count: tail)
+                } else {
+                    partial.append(base + frameStart, count: tail)
+                }
                 return
             case .frame(let end):
                 let fs = frameStart
                 let prefix = partial.count
                 offset = end
                 frameStart = end
+                if streamed > 0 {
+                    // The rest of a reply that is being streamed.
+                    flushRun()
+                    streamHead(partialFirst: false, base + fs, count: end - fs)
+                    streamed = 0
+                    let entry = fifo.popFirst()!
+                    commandsServed &+= 1
+                    entry.client!._withUnsafeGuaranteedRef { $0.replyDelivered() }
+                    if fifo.isEmpty { proxy.pool.becameIdle(self) }
+                    continue
+                }
                 if framer.kind == UInt8(ascii: ">") && proto == 3 {
                     // An out-of-band push (none is expected on a shared connection): not a reply, dropped.
                     flushRun()
@@ -209,6 +230,30 @@ final class UpstreamConnection: Connection {
         flushRun()
     }
 
+    /// Whether the incomplete reply starting at `first` (or already in `partial`) may be streamed: it belongs to a
+    /// client (not a handshake step) and is not an out-of-band push.
+    private func canStreamHead(first: UnsafeRawPointer) -> Bool {
+        guard let e = fifo.first, e.kind == .client else { return false }
+        let firstByte = partial.isEmpty ? first.load(as: UInt8.self) : partial.firstByte
+        return firstByte != UInt8(ascii: ">")
+    }
+
+    /// Passes bytes of the head's reply on (what `partial` holds first), or drops them if that client is gone.
+    private func streamHead(partialFirst: Bool, _ p: UnsafeRawPointer, count: Int) {
+        let client = fifo.first!.client!
+        client._withUnsafeGuaranteedRef { c in
+            if partialFirst && !partial.isEmpty {
+                streamed += partial.count
+                if c.isClosed { partial.removeAll() } else {
+                    c.out.appendAll(of: partial)
+                    c.markDirty()
+                }
+            }
+            streamed += count
+            if !c.isClosed { c.deliver(p, count: count) }
+        }
+    }
+
     /// Checks and swallows the reply to a handshake step. Returns false if the connection failed.
     private func handshakeReply(_ kind: Entry.Kind, _ bytes: [UInt8], kind type: UInt8) -> Bool {
         let isError = type == UInt8(ascii: "-") || type == UInt8(ascii: "!")
@@ -254,6 +299,15 @@ final class UpstreamConnection: Connection {
         out.removeAll()
         let line = Array((wasReady ? "-ERR upstream connection lost: \(reason)\r\n" : "-ERR upstream unavailable: \(reason)\r\n").utf8)
         var failed = 0
+        if streamed > 0, let e = fifo.popFirst(), let c = e.client {
+            // Part of this reply has already reached the client: an error can no longer follow cleanly.
+            streamed = 0
+            failed += 1
+            c._withUnsafeGuaranteedRef {
+                $0.close(reason: "upstream_lost_mid_reply", detail: reason)
+                $0.replyDelivered()
+            }
+        }
         while let e = fifo.popFirst() {
             guard e.kind == .client, let c = e.client else { continue }
             failed += 1
