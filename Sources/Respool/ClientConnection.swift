@@ -37,6 +37,13 @@ final class ClientConnection: Connection {
     var closeAfterFlush = false
     var closeReason = ""
     var lastCommand = SmallBytes()
+    /// An exclusive upstream connection held for a transaction (MULTI/WATCH) or a blocking command; while it is
+    /// held, `upstream` is the same connection and every command of this client goes there.
+    var lease: Unmanaged<UpstreamConnection>?
+    var inMulti = false
+    var watching = false
+    /// The lease's connection state was changed by commands respool cannot undo (connection commands inside MULTI).
+    var leaseTainted = false
 
     init(proxy: Proxy, fd: Int32, id: Int, isUnix: Bool) {
         self.id = id
@@ -235,11 +242,20 @@ final class ClientConnection: Connection {
         case .streamRead:
             let args = knownArgs ?? RESPDecoder.arguments(ofRequest: frame)
             if args.dropFirst().contains(where: { SmallBytes(lowercasing: $0) == SmallBytes("block") }) {
-                return refuse(head: head, kind: .blocking)
+                return leased(frame, reason: .blocking)
             }
             return forward(frame)
+        case .blocking:
+            return leased(frame, reason: .blocking)
+        case .transaction(let t):
+            return transaction(t, frame: frame)
         case .stateful(let kind):
             return refuse(head: head, kind: kind)
+        case .local(let command) where inMulti && command != .quit && command != .reset:
+            // Inside MULTI, redis queues connection commands too (+QUEUED, run at EXEC): send them to the lease,
+            // whose connection state they may change, so it is closed rather than returned afterwards.
+            leaseTainted = true
+            return forward(frame)
         case .local(let command):
             if command == .client {
                 switch CommandTable.clientSubcommand(head.arg1) {
@@ -257,6 +273,97 @@ final class ClientConnection: Connection {
             }
             let args = knownArgs ?? RESPDecoder.arguments(ofRequest: frame)
             return runLocal(command, args: args)
+        }
+    }
+
+    // MARK: leases
+
+    /// Transactions: MULTI and WATCH take an exclusive lease (after this client's shared in-flight commands are
+    /// answered); EXEC and DISCARD end MULTI and WATCH, UNWATCH ends WATCH; the lease goes back to the pool once the
+    /// state has ended and every reply is in. Without a lease, EXEC/DISCARD/UNWATCH go to a shared connection, where
+    /// redis answers them as it would this client ("EXEC without MULTI", +OK).
+    private func transaction(_ t: TransactionCommand, frame: UnsafeRawBufferPointer) -> Bool {
+        switch t {
+        case .multi, .watch:
+            if !leased(frame, reason: .transaction) { return false }
+            if t == .multi {
+                inMulti = true
+            } else if !inMulti {
+                watching = true       // WATCH inside MULTI is an error in redis and changes nothing
+            }
+            return true
+        case .exec, .discard:
+            if lease == nil { return forward(frame) }
+            _ = forward(frame)
+            if inMulti {
+                inMulti = false
+                watching = false      // EXEC and DISCARD unwatch everything
+            }
+            return true
+        case .unwatch:
+            if lease == nil { return forward(frame) }
+            _ = forward(frame)
+            if !inMulti { watching = false }   // inside MULTI, UNWATCH is queued and changes nothing now
+            return true
+        }
+    }
+
+    enum LeaseReason { case transaction, blocking }
+
+    /// Sends `frame` over this client's exclusive connection, leasing one first if it has none. Returns false when it
+    /// must wait (for its shared in-flight commands, or for a connection to lease).
+    private func leased(_ frame: UnsafeRawBufferPointer, reason: LeaseReason) -> Bool {
+        if lease == nil {
+            if inFlight > 0 {
+                stall = .barrier
+                return false
+            }
+            switch proxy.pool.lease(proto: proto, for: self) {
+            case .ready(let u):
+                lease = u
+                upstream = u
+                proxy.stats.leasesGranted &+= 1
+            case .wait:
+                stall = .pool
+                return false
+            case .unavailable(let why):
+                replyError(why)
+                proxy.stats.commandsFailed &+= 1
+                return true
+            }
+        }
+        return forward(frame)
+    }
+
+    /// Whether this client's connection state still needs its lease.
+    var holdsState: Bool { inMulti || watching }
+
+    /// Gives the lease back (nothing in flight, no state left) or closes its connection (state unknown).
+    func endLease() {
+        guard let u = lease else { return }
+        lease = nil
+        upstream = nil
+        let tainted = leaseTainted || holdsState || inFlight > 0
+        leaseTainted = false
+        inMulti = false
+        watching = false
+        proxy.pool.endLease(u, clean: !tainted)
+    }
+
+    /// The leased connection failed: its replies have been answered with errors. A client that had transaction state
+    /// on it is closed after those errors, as a direct connection to a failed server would be.
+    func leaseLost() {
+        let hadState = holdsState
+        lease = nil
+        upstream = nil
+        inMulti = false
+        watching = false
+        leaseTainted = false
+        if hadState && !isClosed {
+            closeAfterFlush = true
+            closeReason = "upstream_lost_during_transaction"
+            disableReading()
+            markDirty()
         }
     }
 
@@ -305,7 +412,11 @@ final class ClientConnection: Connection {
     func replyDelivered() {
         inFlight -= 1
         if inFlight == 0 {
-            upstream = nil
+            if lease == nil {
+                upstream = nil
+            } else if !holdsState && !isClosed {
+                endLease()
+            }
             if isClosed {
                 proxy.reap(self)
             } else if stall == .barrier {
@@ -397,6 +508,11 @@ final class ClientConnection: Connection {
         out.removeAll()
         if stall == .pool { proxy.pool.removeWaiter(self) }
         stall = .none
+        if lease != nil {
+            // A blocked or transactional lease is not returned with state on it: endLease closes its connection,
+            // which also drops (and answers nobody for) this client's in-flight commands.
+            endLease()
+        }
         var meta: Logger.Metadata = ["client.id": "\(id)", "reason": "\(reason)"]
         if let detail { meta["detail"] = "\(detail)" }
         proxy.logger.debug("client closed", metadata: meta)

@@ -27,6 +27,7 @@ extension ClientConnection {
             auth(args)
             return true
         case .reset:
+            if lease != nil { endLease() }
             proto = 2
             name = nil
             db = proxy.config.upstream.db

@@ -36,6 +36,7 @@ final class Pool: EventHandler {
     private(set) var lastError: String?
     private var retryTimer: Timer?
     private var resolved: SocketAddress?
+    private(set) var leasedCount = 0
     var closing = false
 
     init(proxy: Proxy, cap: Int) {
@@ -68,13 +69,66 @@ final class Pool: EventHandler {
         if let best { return .ready(best) }
         if upstreams.count >= cap {
             // The cap is full with connections of the other protocol: switch an idle one in-stream.
-            for u in upstreams where u.state == .ready && u.pending == 0 {
+            for u in upstreams where !u.leased && u.state == .ready && u.pending == 0 {
                 u.switchProtocol(to: proto)
                 return .ready(Unmanaged.passUnretained(u))
             }
             return .wait
         }
         return .unavailable(lastError.map { "\($0) (retrying)" } ?? "not connected")
+    }
+
+    /// Leases a connection to one client exclusively (a transaction or a blocking command). Leases count against the
+    /// cap, and at least one connection always stays shared: at most cap - 1 are leased at once.
+    func lease(proto: Int, for client: ClientConnection) -> Acquire {
+        guard cap >= 2 else {
+            return .unavailable("ERR respool: this command needs a dedicated upstream connection, and with RESPOOL_MAX_SERVER_CONNECTIONS=1 none can be leased")
+        }
+        if leasedCount >= cap - 1 || closing { return .wait }
+        let shared = upstreams.count - leasedCount
+        var chosen: UpstreamConnection? = nil
+        if shared > 1 {
+            // An idle shared connection of the client's protocol: no connect to wait for.
+            chosen = upstreams.first { !$0.leased && $0.proto == proto && $0.state == .ready && $0.pending == 0 }
+        }
+        if chosen == nil && upstreams.count < cap {
+            if proxy.base.now() < retryAt {
+                return .unavailable("ERR upstream unavailable: \(lastError ?? "not connected") (retrying)")
+            }
+            chosen = open(proto: proto)
+            if chosen == nil {
+                return .unavailable("ERR upstream unavailable: \(lastError ?? "not connected") (retrying)")
+            }
+        }
+        if chosen == nil && shared > 1, let other = upstreams.first(where: { !$0.leased && $0.state == .ready && $0.pending == 0 }) {
+            other.switchProtocol(to: proto)
+            chosen = other
+        }
+        guard let u = chosen else { return .wait }
+        u.leased = true
+        u.leasedTo = Unmanaged.passUnretained(client)
+        leasedCount += 1
+        if let i = live.firstIndex(where: { $0.toOpaque() == Unmanaged.passUnretained(u).toOpaque() }) { live.remove(at: i) }
+        proxy.logger.debug("upstream leased", metadata: ["upstream.id": "\(u.id)", "client.id": "\(client.id)"])
+        return .ready(Unmanaged.passUnretained(u))
+    }
+
+    /// Takes a lease back: a clean connection (nothing in flight, no state) rejoins the shared set; any other is
+    /// closed, since its state (a transaction, a blocked call, a changed name or db) cannot be trusted.
+    func endLease(_ um: Unmanaged<UpstreamConnection>, clean: Bool) {
+        let u = um.takeUnretainedValue()
+        guard u.leased else { return }
+        u.leased = false
+        u.leasedTo = nil
+        leasedCount -= 1
+        if u.isClosed { return }
+        if clean && u.pending == 0 {
+            live.append(um)
+            proxy.logger.debug("upstream lease returned", metadata: ["upstream.id": "\(u.id)"])
+        } else {
+            u.discard(reason: "lease ended with state or commands in flight")
+        }
+        wakeWaiters()
     }
 
     /// Opens one more connection (within the cap). Its handshake is queued at once; clients may queue behind it.
@@ -174,10 +228,16 @@ final class Pool: EventHandler {
     private func remove(_ u: UpstreamConnection) {
         // Parked first: the array may hold the last strong reference while `u` is borrowed by a callback.
         proxy.graveyard.append(u)
-        if let i = upstreams.firstIndex(where: { $0 === u }) {
-            upstreams.remove(at: i)
-            live.remove(at: i)
+        if u.leased {
+            u.leased = false
+            leasedCount -= 1
+            if let holder = u.leasedTo {
+                u.leasedTo = nil
+                holder._withUnsafeGuaranteedRef { $0.leaseLost() }
+            }
         }
+        if let i = upstreams.firstIndex(where: { $0 === u }) { upstreams.remove(at: i) }
+        if let i = live.firstIndex(where: { $0.toOpaque() == Unmanaged.passUnretained(u).toOpaque() }) { live.remove(at: i) }
     }
 
     func connectionFailed(_ u: UpstreamConnection, reason: String, whileConnecting: Bool, failedCommands: Int) {
@@ -252,6 +312,8 @@ final class Pool: EventHandler {
     }
 
     var totalPending: Int { upstreams.reduce(0) { $0 + $1.pending } }
+    /// Replies due on shared connections (leased ones may be blocked for as long as their command says).
+    var sharedPending: Int { upstreams.reduce(0) { $0 + ($1.leased ? 0 : $1.pending) } }
 
     /// Closes every connection (shutdown).
     func closeAll() {

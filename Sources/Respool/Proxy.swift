@@ -16,6 +16,7 @@ struct Stats {
     var commandsForwarded = 0
     var commandsLocal = 0
     var commandsRefused = 0
+    var leasesGranted = 0
     var commandsFailed = 0
     var protocolErrors = 0
     var upstreamConnects = 0
@@ -203,12 +204,16 @@ public final class Proxy: AcceptHandler {
     }
 
     private func checkShutdownDone() {
-        if pool.totalPending > 0 { return }
+        // Blocked commands on leased connections are not waited for: their connections are closed below and their
+        // clients get an error.
+        if pool.sharedPending > 0 { return }
         for c in clients.values where !c.isClosed && (!c.out.isEmpty || c.stall != .none) {
             if c.stall != .none { c.close(reason: "shutdown") } else { return }
         }
-        for c in clients.values where !c.isClosed { c.close(reason: "shutdown") }
         pool.closeAll()
+        // Clients blocked on a leased connection just got an error reply: one last write, then everyone is closed.
+        for c in clients.values where !c.isClosed && !c.out.isEmpty { c.flush() }
+        for c in clients.values where !c.isClosed { c.close(reason: "shutdown") }
         running = false
     }
 

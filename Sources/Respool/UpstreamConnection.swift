@@ -28,6 +28,9 @@ final class UpstreamConnection: Connection {
     let createdAt: Double
     var connectTimer: Timer?
     var commandsServed = 0
+    /// Leased exclusively to one client (not in the shared scan); `leasedTo` is that client.
+    var leased = false
+    var leasedTo: Unmanaged<ClientConnection>?
     /// Bytes of the FIFO head's reply already passed on to its client (a large reply streamed as it arrives).
     var streamed = 0
     /// A reply whose incomplete part reaches this size is streamed instead of collected.
@@ -321,6 +324,35 @@ final class UpstreamConnection: Connection {
         }
         proxy.stats.commandsFailed &+= failed
         proxy.pool.connectionFailed(self, reason: reason, whileConnecting: wasConnecting || handshake, failedCommands: failed)
+    }
+
+    /// Closes a connection on purpose whose remaining replies nobody will read (a lease given up with state on it):
+    /// entries still in its FIFO are dropped for their (closed) clients.
+    func discard(reason: String) {
+        guard !isClosed else { return }
+        if fifo.isEmpty {
+            closeIdle(reason: reason)
+            return
+        }
+        isClosed = true
+        closeSocket()
+        connectTimer?.free()
+        connectTimer = nil
+        partial.removeAll()
+        out.removeAll()
+        streamed = 0
+        let line = Array("-ERR respool: the leased connection was closed: \(reason)\r\n".utf8)
+        while let e = fifo.popFirst() {
+            guard e.kind == .client, let c = e.client else { continue }
+            c._withUnsafeGuaranteedRef {
+                if !$0.isClosed {
+                    $0.out.append(line)
+                    $0.markDirty()
+                }
+                $0.replyDelivered()
+            }
+        }
+        proxy.pool.connectionClosed(self, reason: reason)
     }
 
     /// Closes an idle connection on purpose (shutdown, protocol rebalancing).

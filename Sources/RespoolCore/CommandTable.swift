@@ -9,8 +9,6 @@ public enum LocalCommand: Sendable, Equatable {
 
 /// Why a command cannot go over a shared connection (yet).
 public enum StatefulKind: String, Sendable, Equatable {
-    case transaction = "a transaction"
-    case blocking = "a blocking command"
     case pubsub = "pub/sub"
     case monitor = "MONITOR"
     case replication = "replication"
@@ -18,9 +16,19 @@ public enum StatefulKind: String, Sendable, Equatable {
     case cluster = "cluster mode"
 }
 
+/// Commands that start, end or take part in a transaction's connection state.
+public enum TransactionCommand: Sendable, Equatable {
+    case multi, exec, discard, watch, unwatch
+}
+
 public enum CommandRoute: Sendable, Equatable {
     /// Stateless: pipelined onto a shared upstream connection, bytes untouched.
     case forward
+    /// MULTI/EXEC/DISCARD/WATCH/UNWATCH: run on an exclusive lease from MULTI or WATCH until EXEC, DISCARD or
+    /// UNWATCH ends the state.
+    case transaction(TransactionCommand)
+    /// A blocking command: runs on an exclusive lease for the duration of the call.
+    case blocking
     /// Answered by respool.
     case local(LocalCommand)
     /// Needs a dedicated connection: refused with an error naming the command.
@@ -52,9 +60,13 @@ public enum CommandTable {
 
     private static let entries: [SmallBytes: CommandRoute] = {
         var t: [SmallBytes: CommandRoute] = [:]
-        for n: StaticString in ["multi", "exec", "discard", "watch", "unwatch"] { t[SmallBytes(n)] = .stateful(.transaction) }
+        t[SmallBytes("multi")] = .transaction(.multi)
+        t[SmallBytes("exec")] = .transaction(.exec)
+        t[SmallBytes("discard")] = .transaction(.discard)
+        t[SmallBytes("watch")] = .transaction(.watch)
+        t[SmallBytes("unwatch")] = .transaction(.unwatch)
         for n: StaticString in ["blpop", "brpop", "brpoplpush", "blmove", "blmpop", "bzpopmin", "bzpopmax", "bzmpop", "wait", "waitaof"] {
-            t[SmallBytes(n)] = .stateful(.blocking)
+            t[SmallBytes(n)] = .blocking
         }
         for n: StaticString in ["subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe"] {
             t[SmallBytes(n)] = .stateful(.pubsub)

@@ -96,8 +96,10 @@ final class CommandTableTests: XCTestCase {
         XCTAssertEqual(CommandTable.route(SmallBytes("info")), .forward)
         XCTAssertEqual(CommandTable.route(SmallBytes("flushall")), .forward)
         XCTAssertEqual(CommandTable.route(SmallBytes("nosuchcommand")), .forward)
-        XCTAssertEqual(CommandTable.route(SmallBytes("multi")), .stateful(.transaction))
-        XCTAssertEqual(CommandTable.route(SmallBytes("blpop")), .stateful(.blocking))
+        XCTAssertEqual(CommandTable.route(SmallBytes("multi")), .transaction(.multi))
+        XCTAssertEqual(CommandTable.route(SmallBytes("unwatch")), .transaction(.unwatch))
+        XCTAssertEqual(CommandTable.route(SmallBytes("blpop")), .blocking)
+        XCTAssertEqual(CommandTable.route(SmallBytes("bzmpop")), .blocking)
         XCTAssertEqual(CommandTable.route(SmallBytes("psubscribe")), .stateful(.pubsub))
         XCTAssertEqual(CommandTable.route(SmallBytes("monitor")), .stateful(.monitor))
         XCTAssertEqual(CommandTable.route(SmallBytes("xread")), .streamRead)
@@ -114,7 +116,7 @@ final class CommandTableTests: XCTestCase {
     }
 
     func testRefusalNamesTheCommand() {
-        let e = CommandTable.refusal(command: "blpop", kind: .blocking)
-        XCTAssertTrue(e.hasPrefix("ERR respool: 'blpop'"), e)
+        let e = CommandTable.refusal(command: "psubscribe", kind: .pubsub)
+        XCTAssertTrue(e.hasPrefix("ERR respool: 'psubscribe'"), e)
     }
 }
