@@ -118,7 +118,7 @@ final class ClientConnection: Connection {
                 if !head.isInline, CommandTable.route(head.name) == .forward {
                     var target = upstream
                     if target == nil {
-                        switch proxy.pool.acquire(proto: proto) {
+                        switch proxy.pool.acquire(proto: proto, db: db) {
                         case .ready(let u):
                             upstream = u
                             target = u
@@ -318,7 +318,7 @@ final class ClientConnection: Connection {
                 stall = .barrier
                 return false
             }
-            switch proxy.pool.lease(proto: proto, for: self) {
+            switch proxy.pool.lease(proto: proto, db: db, for: self) {
             case .ready(let u):
                 lease = u
                 upstream = u
@@ -377,11 +377,17 @@ final class ClientConnection: Connection {
         return true
     }
 
+    /// Sends a request to the leased connection (a client holding a lease always has it as `upstream`).
+    func forwardToLease(_ frame: UnsafeRawBufferPointer) -> Bool {
+        precondition(lease != nil, "forwardToLease without a lease (client \(id))")
+        return forward(frame)
+    }
+
     /// Sends one contiguous request to this client's upstream connection. Returns false when it must wait for the pool.
     private func forward(_ frame: UnsafeRawBufferPointer) -> Bool {
         var target = upstream
         if target == nil {
-            switch proxy.pool.acquire(proto: proto) {
+            switch proxy.pool.acquire(proto: proto, db: db) {
             case .ready(let u):
                 upstream = u
                 target = u

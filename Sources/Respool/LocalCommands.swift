@@ -21,7 +21,10 @@ extension ClientConnection {
             client(args)
             return true
         case .select:
-            select(args)
+            if !select(args) {
+                let frame = RESPWriter.command(args)
+                return frame.withUnsafeBytes { forwardToLease($0) }
+            }
             return true
         case .auth:
             auth(args)
@@ -85,7 +88,7 @@ extension ClientConnection {
                 stall = .pool
                 return false
             }
-            switch proxy.pool.acquire(proto: 2) {
+            switch proxy.pool.acquire(proto: 2, db: db) {
             case .ready: stall = .pool; return false
             case .wait: stall = .pool; return false
             case .unavailable(let why):
@@ -133,16 +136,21 @@ extension ClientConnection {
         }
     }
 
-    private func select(_ args: [[UInt8]]) {
-        guard args.count == 2 else { return wrongArity("select") }
-        guard let n = Int(Self.text(args[1])) else { return replyError("ERR value is not an integer or out of range") }
-        if n == db {
-            reply(Array("+OK\r\n".utf8))
-        } else if n < 0 {
-            replyError("ERR DB index is out of range")
-        } else {
-            replyError(CommandTable.refusal(command: "select", kind: .connectionState) + " (only the URL's db \(db) is available)")
+    /// SELECT is answered here: the client's later commands go to shared connections of that database (opened
+    /// lazily within the cap, or an idle one switched with SELECT). Returns false when it must be sent to the lease.
+    private func select(_ args: [[UInt8]]) -> Bool {
+        guard args.count == 2 else { wrongArity("select"); return true }
+        guard let n = Int(Self.text(args[1])) else { replyError("ERR value is not an integer or out of range"); return true }
+        guard n >= 0 && n < proxy.config.databases else { replyError("ERR DB index is out of range"); return true }
+        if lease != nil && n != db {
+            // A client holding a lease (WATCH) switches the leased connection itself; it is closed afterwards.
+            db = n
+            leaseTainted = true
+            return false
         }
+        db = n
+        reply(Array("+OK\r\n".utf8))
+        return true
     }
 
     private func client(_ args: [[UInt8]]) {

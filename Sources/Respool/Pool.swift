@@ -48,12 +48,12 @@ final class Pool: EventHandler {
     var count: Int { upstreams.count }
 
     /// Picks the connection for a client that has no command in flight.
-    func acquire(proto: Int) -> Acquire {
+    func acquire(proto: Int, db: Int) -> Acquire {
         var best: Unmanaged<UpstreamConnection>? = nil
         var bestLoad = Int.max
         for um in live {
             let load = um._withUnsafeGuaranteedRef { u -> Int in
-                if u.proto != proto { return Int.max }
+                if u.proto != proto || u.db != db { return Int.max }
                 return u.state == .ready ? u.pending : u.pending + 1_000_000
             }
             if load < bestLoad {
@@ -64,13 +64,13 @@ final class Pool: EventHandler {
         }
         // Every connection of this protocol is busy (or there is none): grow within the cap.
         if upstreams.count < cap && !closing && proxy.base.now() >= retryAt {
-            if let fresh = open(proto: proto), best == nil { return .ready(Unmanaged.passUnretained(fresh)) }
+            if let fresh = open(proto: proto, db: db), best == nil { return .ready(Unmanaged.passUnretained(fresh)) }
         }
         if let best { return .ready(best) }
         if upstreams.count >= cap {
-            // The cap is full with connections of the other protocol: switch an idle one in-stream.
+            // The cap is full with connections of another protocol or database: switch an idle one in-stream.
             for u in upstreams where !u.leased && u.state == .ready && u.pending == 0 {
-                u.switchProtocol(to: proto)
+                u.retarget(proto: proto, db: db)
                 return .ready(Unmanaged.passUnretained(u))
             }
             return .wait
@@ -80,7 +80,7 @@ final class Pool: EventHandler {
 
     /// Leases a connection to one client exclusively (a transaction or a blocking command). Leases count against the
     /// cap, and at least one connection always stays shared: at most cap - 1 are leased at once.
-    func lease(proto: Int, for client: ClientConnection) -> Acquire {
+    func lease(proto: Int, db: Int, for client: ClientConnection) -> Acquire {
         guard cap >= 2 else {
             return .unavailable("ERR respool: this command needs a dedicated upstream connection, and with RESPOOL_MAX_SERVER_CONNECTIONS=1 none can be leased")
         }
@@ -89,19 +89,19 @@ final class Pool: EventHandler {
         var chosen: UpstreamConnection? = nil
         if shared > 1 {
             // An idle shared connection of the client's protocol: no connect to wait for.
-            chosen = upstreams.first { !$0.leased && $0.proto == proto && $0.state == .ready && $0.pending == 0 }
+            chosen = upstreams.first { !$0.leased && $0.proto == proto && $0.db == db && $0.state == .ready && $0.pending == 0 }
         }
         if chosen == nil && upstreams.count < cap {
             if proxy.base.now() < retryAt {
                 return .unavailable("ERR upstream unavailable: \(lastError ?? "not connected") (retrying)")
             }
-            chosen = open(proto: proto)
+            chosen = open(proto: proto, db: db)
             if chosen == nil {
                 return .unavailable("ERR upstream unavailable: \(lastError ?? "not connected") (retrying)")
             }
         }
         if chosen == nil && shared > 1, let other = upstreams.first(where: { !$0.leased && $0.state == .ready && $0.pending == 0 }) {
-            other.switchProtocol(to: proto)
+            other.retarget(proto: proto, db: db)
             chosen = other
         }
         guard let u = chosen else { return .wait }
@@ -133,7 +133,7 @@ final class Pool: EventHandler {
 
     /// Opens one more connection (within the cap). Its handshake is queued at once; clients may queue behind it.
     @discardableResult
-    func open(proto: Int) -> UpstreamConnection? {
+    func open(proto: Int, db: Int) -> UpstreamConnection? {
         precondition(upstreams.count < cap, "pool would exceed its cap: \(upstreams.count) of \(cap)")
         // The name is resolved (getaddrinfo, blocking) only for the first connection and again after a failure, so
         // a moved server is found while the steady state never blocks the loop on DNS.
@@ -160,7 +160,7 @@ final class Pool: EventHandler {
             noteConnectFailure(error.reason)
             return nil
         }
-        let u = UpstreamConnection(proxy: proxy, fd: fd, id: nextId, proto: proto)
+        let u = UpstreamConnection(proxy: proxy, fd: fd, id: nextId, proto: proto, db: db)
         nextId += 1
         do {
             try u.setUpEvents(read: false)
@@ -278,7 +278,7 @@ final class Pool: EventHandler {
         guard !closing, upstreams.isEmpty else { return }
         let now = proxy.base.now()
         if now >= retryAt {
-            open(proto: 2)
+            open(proto: 2, db: proxy.config.upstream.db)
             if upstreams.isEmpty { scheduleRetry(after: max(0.01, retryAt - now)) }
         } else {
             scheduleRetry(after: retryAt - now)

@@ -12,7 +12,7 @@ final class UpstreamConnection: Connection {
     }
 
     struct Entry {
-        enum Kind: UInt8 { case client, hello, select, switchProtocol }
+        enum Kind: UInt8 { case client, hello, select, retarget }
         var kind: Kind
         var client: Unmanaged<ClientConnection>?
     }
@@ -21,6 +21,8 @@ final class UpstreamConnection: Connection {
     var state = State.connecting
     /// Protocol of the replies to commands appended from now on (HELLO switches it in-stream).
     var proto: Int
+    /// Database that commands appended from now on run in (SELECT switches it in-stream).
+    var db: Int
     var framer: ReplyFramer
     let partial = ByteChain()
     var fifo = Ring<Entry>(capacity: 64)
@@ -36,9 +38,10 @@ final class UpstreamConnection: Connection {
     /// A reply whose incomplete part reaches this size is streamed instead of collected.
     static let streamThreshold = 16 << 10
 
-    init(proxy: Proxy, fd: Int32, id: Int, proto: Int) {
+    init(proxy: Proxy, fd: Int32, id: Int, proto: Int, db: Int) {
         self.id = id
         self.proto = proto
+        self.db = db
         framer = ReplyFramer(limits: proxy.upstreamLimits)
         createdAt = proxy.base.now()
         super.init(proxy: proxy, fd: fd)
@@ -60,18 +63,26 @@ final class UpstreamConnection: Connection {
         out.append(RESPWriter.command(hello))
         fifo.append(Entry(kind: .hello, client: nil))
         handshakeSteps = 1
-        if url.db != 0 {
-            out.append(RESPWriter.command(["SELECT", String(url.db)]))
+        if db != 0 {
+            out.append(RESPWriter.command(["SELECT", String(db)]))
             fifo.append(Entry(kind: .select, client: nil))
             handshakeSteps += 1
         }
     }
 
-    /// Switches the connection's protocol in-stream (only while no client has commands in flight on it).
-    func switchProtocol(to p: Int) {
-        out.append(RESPWriter.command(["HELLO", String(p)]))
-        fifo.append(Entry(kind: .switchProtocol, client: nil))
-        proto = p
+    /// Switches the connection's protocol and database in-stream (only while no client has commands in flight on
+    /// it); the HELLO and SELECT replies are checked and swallowed.
+    func retarget(proto p: Int, db d: Int) {
+        if p != proto {
+            out.append(RESPWriter.command(["HELLO", String(p)]))
+            fifo.append(Entry(kind: .retarget, client: nil))
+            proto = p
+        }
+        if d != db {
+            out.append(RESPWriter.command(["SELECT", String(d)]))
+            fifo.append(Entry(kind: .retarget, client: nil))
+            db = d
+        }
         markDirty()
     }
 
@@ -264,8 +275,8 @@ final class UpstreamConnection: Connection {
             let text = ((try? RESPDecoder.decode(bytes)) ?? nil)?.value.string ?? "error"
             switch kind {
             case .hello: fail(reason: "handshake failed: \(text)", handshake: true)
-            case .select: fail(reason: "SELECT \(proxy.config.upstream.db) failed: \(text)", handshake: true)
-            default: fail(reason: "protocol switch failed: \(text)")
+            case .select: fail(reason: "SELECT \(db) failed: \(text)", handshake: true)
+            default: fail(reason: "switching protocol or database failed: \(text)")
             }
             return false
         }

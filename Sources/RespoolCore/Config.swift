@@ -42,6 +42,7 @@ public struct Config: Equatable, Sendable {
     public var shutdownTimeout: Double
     public var maxBulkLength: Int
     public var maxMultibulkLength: Int
+    public var databases: Int
 
     public static let options: [ConfigOption] = [
         .init(variable: "RESPOOL_URL", flag: "url", defaultText: "$REDIS_URL, else redis://127.0.0.1:6379",
@@ -61,6 +62,8 @@ public struct Config: Equatable, Sendable {
               help: "Seconds an upstream connect (and its handshake) may take."),
         .init(variable: "RESPOOL_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", defaultText: "25",
               help: "Seconds to finish in-flight commands after SIGTERM/SIGINT before exiting."),
+        .init(variable: "RESPOOL_DATABASES", flag: "databases", defaultText: "16",
+              help: "Number of databases of the server (its `databases` setting): SELECT accepts 0 to this minus 1."),
         .init(variable: "RESPOOL_MAX_BULK_LENGTH", flag: "max-bulk-length", defaultText: "536870912",
               help: "Largest bulk string accepted from a client, in bytes (Redis's proto-max-bulk-len)."),
         .init(variable: "RESPOOL_MAX_MULTIBULK_LENGTH", flag: "max-multibulk-length", defaultText: "2147483647",
@@ -129,6 +132,10 @@ public struct Config: Equatable, Sendable {
         shutdownTimeout = try seconds("RESPOOL_SHUTDOWN_TIMEOUT", default: 25, allowZero: true)
         maxBulkLength = try integer("RESPOOL_MAX_BULK_LENGTH", default: 512 << 20, range: 1...(Int(Int32.max) * 2))
         maxMultibulkLength = try integer("RESPOOL_MAX_MULTIBULK_LENGTH", default: Int(Int32.max), range: 1...Int(Int32.max))
+        databases = try integer("RESPOOL_DATABASES", default: 16, range: 1...1_000_000)
+        if upstream.db >= databases {
+            throw ConfigError(variable: upstreamSource, message: "database \(upstream.db) is not below RESPOOL_DATABASES (\(databases))")
+        }
     }
 }
 

@@ -164,6 +164,21 @@ final class LeaseTests: IntegrationTestCase {
         }
     }
 
+    /// A transaction and a blocking command run in the database the client selected.
+    func testLeasesRunInTheSelectedDatabase() throws {
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "3"]) { redis, respool in
+            let p = keyPrefix()
+            let c = try respool.client()
+            let r = try c.pipeline([["SELECT", "5"], ["MULTI"], ["SET", "\(p)tx", "in5"], ["RPUSH", "\(p)l", "e"], ["EXEC"],
+                                    ["BLPOP", "\(p)l", "1"], ["SELECT", "0"], ["EXISTS", "\(p)tx"]])
+            XCTAssertEqual(r, [Reply.ok, Reply.ok, Reply.simple("QUEUED"), Reply.simple("QUEUED"), .array([Reply.ok, Reply.int(1)]),
+                               Reply.bulks(["\(p)l", "e"]), Reply.ok, Reply.int(0)], r.map { show($0) }.joined(separator: " "))
+            let direct = try redis.client()
+            assertReply(try direct.command("SELECT", "5"), Reply.ok)
+            assertReply(try direct.command("GET", "\(p)tx"), Reply.bulk("in5"), "the transaction ran in db 5")
+        }
+    }
+
     /// With a cap of 1 no connection can be leased (one always stays shared): a clear error, and the client goes on.
     func testNoLeaseWithACapOfOne() throws {
         try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "1"]) { _, respool in
