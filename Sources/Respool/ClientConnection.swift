@@ -44,12 +44,15 @@ final class ClientConnection: Connection {
     var watching = false
     /// The lease's connection state was changed by commands respool cannot undo (connection commands inside MULTI).
     var leaseTainted = false
+    /// False until AUTH (or HELLO AUTH) succeeds when RESPOOL_CLIENT_PASSWORD is set.
+    var authenticated: Bool
 
     init(proxy: Proxy, fd: Int32, id: Int, isUnix: Bool) {
         self.id = id
         self.isUnix = isUnix
         framer = RequestFramer(limits: proxy.limits)
         db = proxy.config.upstream.db
+        authenticated = proxy.clientPassword == nil
         createdAt = proxy.base.now()
         lastActive = createdAt
         super.init(proxy: proxy, fd: fd)
@@ -115,7 +118,7 @@ final class ClientConnection: Connection {
                     if prefix > 0 { partial.removeAll() }
                     continue
                 }
-                if !head.isInline, CommandTable.route(head.name) == .forward {
+                if authenticated, !head.isInline, CommandTable.route(head.name) == .forward {
                     var target = upstream
                     if target == nil {
                         switch proxy.pool.acquire(proto: proto, db: db) {
@@ -236,7 +239,17 @@ final class ClientConnection: Connection {
 
     private func dispatch(head: CommandHead, frame: UnsafeRawBufferPointer, args knownArgs: [[UInt8]]?) -> Bool {
         lastCommand = head.name
-        switch CommandTable.route(head.name) {
+        let route = CommandTable.route(head.name)
+        if !authenticated {
+            switch route {
+            case .local(.auth), .local(.hello), .local(.quit), .local(.reset): break
+            default:
+                if inFlight > 0 { stall = .barrier; return false }
+                replyError("NOAUTH Authentication required.")
+                return true
+            }
+        }
+        switch route {
         case .forward:
             return forward(frame)
         case .streamRead:

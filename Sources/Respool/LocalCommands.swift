@@ -31,6 +31,7 @@ extension ClientConnection {
             return true
         case .reset:
             if lease != nil { endLease() }
+            authenticated = proxy.clientPassword == nil
             proto = 2
             name = nil
             db = proxy.config.upstream.db
@@ -82,6 +83,10 @@ extension ClientConnection {
                 return true
             }
         }
+        if !authenticated {
+            replyError("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
+            return true
+        }
         // The reply repeats what the server said about itself: wait for the first handshake if none has completed.
         guard let info = proxy.pool.serverInfo else {
             if proxy.pool.count > 0 {
@@ -117,13 +122,22 @@ extension ClientConnection {
         return true
     }
 
-    /// Answers as a Redis without a password does: the default user takes any password, others do not exist.
+    /// With RESPOOL_CLIENT_PASSWORD set, the default user with that password is accepted (as redis's requirepass);
+    /// unset, respool answers as a Redis without a password does: the default user takes any password, others do not
+    /// exist. A success authenticates the client.
     private func authError(user: [UInt8]?, password: [UInt8]) -> String? {
+        let wrong = "WRONGPASS invalid username-password pair or user is disabled."
+        if let required = proxy.clientPassword {
+            if let user, Self.text(user) != "default" { return wrong }
+            guard constantTimeEqual(password, required) else { return wrong }
+            authenticated = true
+            return nil
+        }
         if let user, Self.text(user) == "default" { return nil }
         if user == nil {
             return "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"
         }
-        return "WRONGPASS invalid username-password pair or user is disabled."
+        return wrong
     }
 
     private func auth(_ args: [[UInt8]]) {
@@ -213,4 +227,13 @@ extension ClientConnection {
             + "multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=\(out.count) tot-mem=0 events=r cmd=\(lastCommand) user=default "
             + "redir=-1 resp=\(proto) lib-name=\(libName.map { Self.text($0) } ?? "") lib-ver=\(libVersion.map { Self.text($0) } ?? "")\n"
     }
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guess was right.
+func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    var diff = UInt8(truncatingIfNeeded: a.count ^ b.count)
+    for i in 0..<max(a.count, b.count) {
+        diff |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0)
+    }
+    return diff == 0
 }

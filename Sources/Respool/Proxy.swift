@@ -29,6 +29,8 @@ public final class Proxy: AcceptHandler {
     let logger: Logger
     let base: EventBase
     let limits: RESPLimits
+    /// RESPOOL_CLIENT_PASSWORD as bytes (nil: clients need no AUTH).
+    let clientPassword: [UInt8]?
     let upstreamLimits: RESPLimits
     private(set) var pool: Pool!
     private var listeners: [Listener] = []
@@ -53,6 +55,7 @@ public final class Proxy: AcceptHandler {
         self.config = config
         self.logger = logger
         base = try EventBase()
+        clientPassword = config.clientPassword.map { Array($0.utf8) }
         limits = RESPLimits(maxBulkLength: config.maxBulkLength, maxMultibulkLength: config.maxMultibulkLength)
         upstreamLimits = RESPLimits(maxBulkLength: Int.max / 4, maxMultibulkLength: Int.max / 4,
                                     maxInlineLength: 64 << 10, maxReplyLineLength: 64 << 20, maxDepth: 1024)
@@ -84,6 +87,7 @@ public final class Proxy: AcceptHandler {
         meta["max_server_connections"] = "\(config.maxServerConnections)"
         meta["max_clients"] = "\(config.maxClients)"
         meta["name"] = "\(config.namePrefix)"
+        meta["client_auth"] = "\(config.clientPassword == nil ? "off" : "required")"
         meta["backend"] = "\(base.backendName)"
         pool.keepWarm()
         logger.info("respool started", metadata: meta)

@@ -43,6 +43,8 @@ public struct Config: Equatable, Sendable {
     public var maxBulkLength: Int
     public var maxMultibulkLength: Int
     public var databases: Int
+    /// Password clients must AUTH with (never printed); nil: no AUTH required.
+    public var clientPassword: String?
 
     public static let options: [ConfigOption] = [
         .init(variable: "RESPOOL_URL", flag: "url", defaultText: "$REDIS_URL, else redis://127.0.0.1:6379",
@@ -62,6 +64,8 @@ public struct Config: Equatable, Sendable {
               help: "Seconds an upstream connect (and its handshake) may take."),
         .init(variable: "RESPOOL_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", defaultText: "25",
               help: "Seconds to finish in-flight commands after SIGTERM/SIGINT before exiting."),
+        .init(variable: "RESPOOL_CLIENT_PASSWORD", flag: "client-password", defaultText: "(none: no AUTH needed)",
+              help: "Password clients must AUTH (or HELLO AUTH) with, as redis's requirepass; never printed. Upstream credentials come from the URL only."),
         .init(variable: "RESPOOL_DATABASES", flag: "databases", defaultText: "16",
               help: "Number of databases of the server (its `databases` setting): SELECT accepts 0 to this minus 1."),
         .init(variable: "RESPOOL_MAX_BULK_LENGTH", flag: "max-bulk-length", defaultText: "536870912",
@@ -133,6 +137,7 @@ public struct Config: Equatable, Sendable {
         maxBulkLength = try integer("RESPOOL_MAX_BULK_LENGTH", default: 512 << 20, range: 1...(Int(Int32.max) * 2))
         maxMultibulkLength = try integer("RESPOOL_MAX_MULTIBULK_LENGTH", default: Int(Int32.max), range: 1...Int(Int32.max))
         databases = try integer("RESPOOL_DATABASES", default: 16, range: 1...1_000_000)
+        clientPassword = env["RESPOOL_CLIENT_PASSWORD"].flatMap { $0.isEmpty ? nil : $0 }
         if upstream.db >= databases {
             throw ConfigError(variable: upstreamSource, message: "database \(upstream.db) is not below RESPOOL_DATABASES (\(databases))")
         }
