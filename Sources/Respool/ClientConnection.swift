@@ -46,6 +46,13 @@ final class ClientConnection: Connection {
     var leaseTainted = false
     /// False until AUTH (or HELLO AUTH) succeeds when RESPOOL_CLIENT_PASSWORD is set.
     var authenticated: Bool
+    enum ReplyMode { case on, off, skipNext }
+    /// CLIENT REPLY: which replies this client gets.
+    var replyMode = ReplyMode.on
+    /// True while the command being handled must get no reply (CLIENT REPLY OFF / SKIP).
+    var silenceCurrent = false
+    /// Commands queued in the current MULTI (CLIENT LIST's multi= field).
+    var multiQueued = 0
 
     init(proxy: Proxy, fd: Int32, id: Int, isUnix: Bool) {
         self.id = id
@@ -118,7 +125,7 @@ final class ClientConnection: Connection {
                     if prefix > 0 { partial.removeAll() }
                     continue
                 }
-                if authenticated, !head.isInline, CommandTable.route(head.name) == .forward {
+                if authenticated, replyMode == .on, !head.isInline, CommandTable.route(head.name) == .forward {
                     var target = upstream
                     if target == nil {
                         switch proxy.pool.acquire(proto: proto, db: db) {
@@ -154,6 +161,7 @@ final class ClientConnection: Connection {
                     }
                     target!._withUnsafeGuaranteedRef { $0.enqueue(client: self) }
                     inFlight += 1
+                    if inMulti { multiQueued += 1 }
                     proxy.stats.commandsForwarded &+= 1
                     continue
                 }
@@ -238,8 +246,22 @@ final class ClientConnection: Connection {
     }
 
     private func dispatch(head: CommandHead, frame: UnsafeRawBufferPointer, args knownArgs: [[UInt8]]?) -> Bool {
-        lastCommand = head.name
         let route = CommandTable.route(head.name)
+        // CLIENT REPLY OFF/SKIP: this command gets no reply (CLIENT REPLY itself decides for its own).
+        let isClientReply = route == .local(.client) && head.arg1 == SmallBytes("reply")
+        silenceCurrent = replyMode != .on && !isClientReply
+        defer { silenceCurrent = false }
+        let handled = dispatchRouted(route, head: head, frame: frame, args: knownArgs)
+        if handled {
+            lastCommand = head.name
+            if inMulti && lease != nil { multiQueued += 1 }
+            if replyMode == .skipNext && !isClientReply { replyMode = .on }
+        }
+        return handled
+    }
+
+    private func dispatchRouted(_ route: CommandRoute, head: CommandHead, frame: UnsafeRawBufferPointer,
+                                args knownArgs: [[UInt8]]?) -> Bool {
         if !authenticated {
             switch route {
             case .local(.auth), .local(.hello), .local(.quit), .local(.reset): break
@@ -300,6 +322,7 @@ final class ClientConnection: Connection {
         case .multi, .watch:
             if !leased(frame, reason: .transaction) { return false }
             if t == .multi {
+                if !inMulti { multiQueued = -1 }   // MULTI itself is not queued
                 inMulti = true
             } else if !inMulti {
                 watching = true       // WATCH inside MULTI is an error in redis and changes nothing
@@ -413,10 +436,11 @@ final class ClientConnection: Connection {
                 return true
             }
         }
+        let silent = silenceCurrent
         target!._withUnsafeGuaranteedRef {
             $0.out.append(frame.baseAddress!, count: frame.count)
             $0.markDirty()
-            $0.enqueue(client: self)
+            if silent { $0.enqueueSilent(client: self) } else { $0.enqueue(client: self) }
         }
         inFlight += 1
         proxy.stats.commandsForwarded &+= 1
@@ -469,7 +493,7 @@ final class ClientConnection: Connection {
     }
 
     func reply(_ bytes: [UInt8]) {
-        guard !isClosed else { return }
+        guard !isClosed && !silenceCurrent else { return }
         out.append(bytes)
         markDirty()
     }

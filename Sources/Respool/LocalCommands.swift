@@ -107,6 +107,7 @@ extension ClientConnection {
                 return true
             }
             name = newName.isEmpty ? nil : newName
+            if let lease { proxy.pool.nameLease(lease.takeUnretainedValue(), for: self) }
         }
         proto = version
         var w = RESPWriter(proto: proto)
@@ -177,6 +178,7 @@ extension ClientConnection {
                 return replyError("ERR Client names cannot contain spaces, newlines or special characters.")
             }
             name = args[2].isEmpty ? nil : args[2]
+            if let lease { proxy.pool.nameLease(lease.takeUnretainedValue(), for: self) }
             reply(Array("+OK\r\n".utf8))
         case .getname:
             guard args.count == 2 else { return wrongArity("client|getname") }
@@ -201,14 +203,31 @@ extension ClientConnection {
             reply(Array("+OK\r\n".utf8))
         case .info:
             guard args.count == 2 else { return wrongArity("client|info") }
-            let line = infoLine()
-            var w = RESPWriter(proto: proto)
-            if proto == 3 {
-                let body = Array("txt:\(line)".utf8)
-                w.bytes += Array("=\(body.count)\r\n".utf8) + body + [13, 10]
-            } else {
-                w.bulk(line)
+            replyText(infoLine())
+        case .list:
+            clientList(args)
+        case .kill:
+            clientKill(args)
+        case .reply:
+            guard args.count == 3 else { return wrongArity("client|reply") }
+            switch SmallBytes(lowercasing: args[2]) {
+            case SmallBytes("on"):
+                replyMode = .on
+                reply(Array("+OK\r\n".utf8))
+            case SmallBytes("off"): replyMode = .off        // no reply, not even to this command
+            case SmallBytes("skip"): replyMode = .skipNext   // this command and the next get no reply
+            default: replyError("ERR syntax error")
             }
+        case .noEvict, .noTouch:
+            // Accepted for this client's bookkeeping; shared upstream connections keep redis's defaults.
+            guard args.count == 3 else { return wrongArity("client|\(sub)") }
+            let v = SmallBytes(lowercasing: args[2])
+            guard v == SmallBytes("on") || v == SmallBytes("off") else { return replyError("ERR syntax error") }
+            reply(Array("+OK\r\n".utf8))
+        case .getredir:
+            guard args.count == 2 else { return wrongArity("client|getredir") }
+            var w = RESPWriter(proto: proto)
+            w.integer(-1)     // tracking is not enabled through respool
             reply(w.bytes)
         case .stateful, .forward:
             // Routed before reaching here; kept total for safety.
@@ -216,15 +235,142 @@ extension ClientConnection {
         }
     }
 
+    /// A bulk text reply, verbatim ("txt") for RESP3 as redis sends CLIENT LIST and CLIENT INFO.
+    private func replyText(_ text: String) {
+        var w = RESPWriter(proto: proto)
+        if proto == 3 {
+            let body = Array("txt:\(text)".utf8)
+            w.bytes += Array("=\(body.count)\r\n".utf8) + body + [13, 10]
+        } else {
+            w.bulk(text)
+        }
+        reply(w.bytes)
+    }
+
+    /// CLIENT LIST [TYPE normal|master|replica|pubsub] [ID id ...]: respool's own clients, in redis's format.
+    private func clientList(_ args: [[UInt8]]) {
+        var ids: Set<Int>? = nil
+        var type: String? = nil
+        var j = 2
+        while j < args.count {
+            let opt = SmallBytes(lowercasing: args[j])
+            if opt == SmallBytes("type") && j + 1 < args.count {
+                let t = Self.text(args[j + 1]).lowercased()
+                guard ["normal", "master", "replica", "slave", "pubsub"].contains(t) else {
+                    return replyError("ERR Unknown client type '\(Self.text(args[j + 1]))'")
+                }
+                type = t
+                j += 2
+            } else if opt == SmallBytes("id") && j + 1 < args.count {
+                var set = Set<Int>()
+                j += 1
+                while j < args.count {
+                    guard let n = Int(Self.text(args[j])), n > 0 else { return replyError("ERR Invalid client ID") }
+                    set.insert(n)
+                    j += 1
+                }
+                ids = set
+            } else {
+                return replyError("ERR syntax error")
+            }
+        }
+        var text = ""
+        for c in proxy.clientsByID where !c.isClosed {
+            if let ids, !ids.contains(c.id) { continue }
+            if let type, type != "normal" { continue }
+            text += c.infoLine()
+        }
+        replyText(text)
+    }
+
+    /// CLIENT KILL addr:port, or CLIENT KILL <ID|ADDR|LADDR|USER|TYPE|SKIPME value>...: closes respool's own clients.
+    private func clientKill(_ args: [[UInt8]]) {
+        guard args.count >= 3 else { return wrongArity("client|kill") }
+        if args.count == 3 {
+            let addr = Self.text(args[2])
+            guard let victim = proxy.clientsByID.first(where: { !$0.isClosed && $0.peerAddress == addr }) else {
+                return replyError("ERR No such client")
+            }
+            reply(Array("+OK\r\n".utf8))
+            kill(victim)
+            return
+        }
+        guard args.count % 2 == 0 else { return replyError("ERR syntax error") }
+        var filters: [(SmallBytes, String)] = []
+        var skipMe = true
+        for j in stride(from: 2, to: args.count, by: 2) {
+            let key = SmallBytes(lowercasing: args[j])
+            let value = Self.text(args[j + 1])
+            switch key {
+            case SmallBytes("id"):
+                guard Int(value) != nil else { return replyError("ERR client-id should be greater than 0") }
+            case SmallBytes("type"):
+                guard ["normal", "master", "replica", "slave", "pubsub"].contains(value.lowercased()) else {
+                    return replyError("ERR Unknown client type '\(value)'")
+                }
+            case SmallBytes("skipme"):
+                switch value.lowercased() {
+                case "yes": skipMe = true
+                case "no": skipMe = false
+                default: return replyError("ERR syntax error")
+                }
+                continue
+            case SmallBytes("addr"), SmallBytes("laddr"), SmallBytes("user"), SmallBytes("maxage"):
+                break
+            default:
+                return replyError("ERR syntax error")
+            }
+            filters.append((key, value))
+        }
+        let now = proxy.base.now()
+        var victims: [ClientConnection] = []
+        for c in proxy.clientsByID where !c.isClosed {
+            if skipMe && c === self { continue }
+            let match = filters.allSatisfy { key, value in
+                switch key {
+                case SmallBytes("id"): return String(c.id) == value
+                case SmallBytes("addr"): return c.peerAddress == value
+                case SmallBytes("laddr"): return c.localAddress == value
+                case SmallBytes("user"): return value == "default"
+                case SmallBytes("type"): return value.lowercased() == "normal"
+                case SmallBytes("maxage"): return Int(value).map { Int(now - c.createdAt) >= $0 } ?? false
+                default: return false
+                }
+            }
+            if match { victims.append(c) }
+        }
+        var w = RESPWriter(proto: proto)
+        w.integer(victims.count)
+        reply(w.bytes)
+        for v in victims { kill(v) }
+    }
+
+    private func kill(_ victim: ClientConnection) {
+        if victim === self {
+            closeAfterFlush = true
+            closeReason = "killed"
+            disableReading()
+        } else {
+            victim.close(reason: "killed")
+        }
+    }
+
     /// This client as a CLIENT INFO / CLIENT LIST line, with the fields Redis prints.
+    var peerAddress: String { isUnix ? "/unix" : (fd < 0 ? "?" : Socket.peerName(fd)) }
+    var localAddress: String { fd < 0 ? "?" : Socket.localName(fd) }
+
     func infoLine() -> String {
         let now = proxy.base.now()
-        let peer = isUnix || fd < 0 ? "unix" : Socket.peerName(fd)
-        let local = fd < 0 ? "?" : Socket.localName(fd)
         let n = name.map { Self.text($0) } ?? ""
-        return "id=\(id) addr=\(peer) laddr=\(local) fd=\(fd) name=\(n) age=\(Int(now - createdAt)) idle=\(Int(now - lastActive)) "
-            + "flags=\(isUnix ? "U" : "N") db=\(db) sub=0 psub=0 ssub=0 multi=-1 qbuf=\(partial.count) qbuf-free=0 argv-mem=0 "
-            + "multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=\(out.count) tot-mem=0 events=r cmd=\(lastCommand) user=default "
+        var flags = ""
+        if inMulti { flags += "x" }
+        if lease != nil && !holdsState && inFlight > 0 { flags += "b" }
+        if isUnix { flags += "U" }
+        if flags.isEmpty { flags = "N" }
+        return "id=\(id) addr=\(peerAddress) laddr=\(localAddress) fd=\(fd) name=\(n) age=\(Int(now - createdAt)) "
+            + "idle=\(Int(now - lastActive)) flags=\(flags) db=\(db) sub=0 psub=0 ssub=0 multi=\(inMulti ? multiQueued : -1) "
+            + "qbuf=\(partial.count) qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=\(out.count) tot-mem=0 "
+            + "events=r cmd=\(lastCommand) user=default "
             + "redir=-1 resp=\(proto) lib-name=\(libName.map { Self.text($0) } ?? "") lib-ver=\(libVersion.map { Self.text($0) } ?? "")\n"
     }
 }

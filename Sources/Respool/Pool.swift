@@ -106,11 +106,24 @@ final class Pool: EventHandler {
         }
         guard let u = chosen else { return .wait }
         u.leased = true
+        nameLease(u, for: client)
         u.leasedTo = Unmanaged.passUnretained(client)
         leasedCount += 1
         if let i = live.firstIndex(where: { $0.toOpaque() == Unmanaged.passUnretained(u).toOpaque() }) { live.remove(at: i) }
         proxy.logger.debug("upstream leased", metadata: ["upstream.id": "\(u.id)", "client.id": "\(client.id)"])
         return .ready(Unmanaged.passUnretained(u))
+    }
+
+    var poolName: String { "\(proxy.config.namePrefix):pool" }
+
+    /// While leased to a client that has a name, the connection carries it: `<prefix>:<client name>`, so the
+    /// server's CLIENT LIST shows which part of which app holds it.
+    func nameLease(_ u: UpstreamConnection, for client: ClientConnection) {
+        if let name = client.name {
+            u.rename("\(proxy.config.namePrefix):\(String(decoding: name, as: UTF8.self))")
+        } else {
+            u.rename(poolName)
+        }
     }
 
     /// Takes a lease back: a clean connection (nothing in flight, no state) rejoins the shared set; any other is
@@ -123,6 +136,7 @@ final class Pool: EventHandler {
         leasedCount -= 1
         if u.isClosed { return }
         if clean && u.pending == 0 {
+            u.rename(poolName)
             live.append(um)
             proxy.logger.debug("upstream lease returned", metadata: ["upstream.id": "\(u.id)"])
         } else {
@@ -172,7 +186,7 @@ final class Pool: EventHandler {
             noteConnectFailure(error.reason)
             return nil
         }
-        u.queueHandshake(name: "\(proxy.config.namePrefix):pool")
+        u.queueHandshake(name: poolName)
         upstreams.append(u)
         live.append(Unmanaged.passUnretained(u))
         proxy.stats.upstreamConnects &+= 1

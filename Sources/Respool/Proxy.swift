@@ -170,6 +170,9 @@ public final class Proxy: AcceptHandler {
         openClients -= 1
     }
 
+    /// Open and closing clients in the order they connected (CLIENT LIST, CLIENT KILL).
+    var clientsByID: [ClientConnection] { clients.values.sorted { $0.id < $1.id } }
+
     /// Forgets a closed client once no reply for it is outstanding.
     func reap(_ c: ClientConnection) {
         // Parked first: the registry may hold the last strong reference while `c` is borrowed by a callback.

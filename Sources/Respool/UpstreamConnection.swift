@@ -12,7 +12,8 @@ final class UpstreamConnection: Connection {
     }
 
     struct Entry {
-        enum Kind: UInt8 { case client, hello, select, retarget }
+        /// `silent`: a client's command whose reply it asked not to get (CLIENT REPLY OFF/SKIP): dropped on arrival.
+        enum Kind: UInt8 { case client, silent, hello, select, retarget }
         var kind: Kind
         var client: Unmanaged<ClientConnection>?
     }
@@ -60,6 +61,7 @@ final class UpstreamConnection: Connection {
             hello += ["AUTH", url.username ?? "default", password]
         }
         hello += ["SETNAME", name]
+        serverName = name
         out.append(RESPWriter.command(hello))
         fifo.append(Entry(kind: .hello, client: nil))
         handshakeSteps = 1
@@ -68,6 +70,18 @@ final class UpstreamConnection: Connection {
             fifo.append(Entry(kind: .select, client: nil))
             handshakeSteps += 1
         }
+    }
+
+    /// The name the server knows this connection by (CLIENT SETNAME).
+    var serverName = ""
+
+    /// Renames the connection on the server (only when the name changes); the reply is checked and swallowed.
+    func rename(_ name: String) {
+        guard name != serverName, !isClosed else { return }
+        out.append(RESPWriter.command(["CLIENT", "SETNAME", name]))
+        fifo.append(Entry(kind: .retarget, client: nil))
+        serverName = name
+        markDirty()
     }
 
     /// Switches the connection's protocol and database in-stream (only while no client has commands in flight on
@@ -89,6 +103,10 @@ final class UpstreamConnection: Connection {
     @inline(__always)
     func enqueue(client: ClientConnection) {
         fifo.append(Entry(kind: .client, client: Unmanaged.passUnretained(client)))
+    }
+
+    func enqueueSilent(client: ClientConnection) {
+        fifo.append(Entry(kind: .silent, client: Unmanaged.passUnretained(client)))
     }
 
     var pending: Int { fifo.count }
@@ -202,7 +220,7 @@ final class UpstreamConnection: Connection {
                     fail(reason: "reply from server without a request")
                     return
                 }
-                if entry.kind != .client {
+                if entry.kind != .client && entry.kind != .silent {
                     flushRun()
                     var bytes = prefix > 0 ? partial.copyBytes() : []
                     if prefix > 0 { partial.removeAll() }
@@ -212,7 +230,7 @@ final class UpstreamConnection: Connection {
                 }
                 commandsServed &+= 1
                 let client = entry.client!
-                let gone = client._withUnsafeGuaranteedRef { $0.isClosed }
+                let gone = entry.kind == .silent || client._withUnsafeGuaranteedRef { $0.isClosed }
                 if prefix > 0 || gone {
                     flushRun()
                     if gone {
@@ -323,10 +341,11 @@ final class UpstreamConnection: Connection {
             }
         }
         while let e = fifo.popFirst() {
-            guard e.kind == .client, let c = e.client else { continue }
+            guard e.kind == .client || e.kind == .silent, let c = e.client else { continue }
+            let silent = e.kind == .silent
             failed += 1
             c._withUnsafeGuaranteedRef {
-                if !$0.isClosed {
+                if !$0.isClosed && !silent {
                     $0.out.append(line)
                     $0.markDirty()
                 }
@@ -354,9 +373,10 @@ final class UpstreamConnection: Connection {
         streamed = 0
         let line = Array("-ERR respool: the leased connection was closed: \(reason)\r\n".utf8)
         while let e = fifo.popFirst() {
-            guard e.kind == .client, let c = e.client else { continue }
+            guard e.kind == .client || e.kind == .silent, let c = e.client else { continue }
+            let silent = e.kind == .silent
             c._withUnsafeGuaranteedRef {
-                if !$0.isClosed {
+                if !$0.isClosed && !silent {
                     $0.out.append(line)
                     $0.markDirty()
                 }

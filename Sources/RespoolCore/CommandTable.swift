@@ -101,7 +101,7 @@ public enum CommandTable {
 
     /// CLIENT subcommands: which are answered locally, which are refused, the rest are forwarded (LIST, PAUSE, HELP...).
     public enum ClientSubcommand: Sendable, Equatable {
-        case setname, getname, setinfo, id, info
+        case setname, getname, setinfo, id, info, list, kill, reply, noEvict, noTouch, getredir
         case stateful
         case forward
     }
@@ -113,9 +113,13 @@ public enum CommandTable {
         case SmallBytes("setinfo"): return .setinfo
         case SmallBytes("id"): return .id
         case SmallBytes("info"): return .info
-        case SmallBytes("reply"), SmallBytes("tracking"), SmallBytes("caching"), SmallBytes("getredir"),
-             SmallBytes("trackinginfo"), SmallBytes("no-evict"), SmallBytes("no-touch"), SmallBytes("kill"),
-             SmallBytes("unblock"):
+        case SmallBytes("list"): return .list
+        case SmallBytes("kill"): return .kill
+        case SmallBytes("reply"): return .reply
+        case SmallBytes("no-evict"): return .noEvict
+        case SmallBytes("no-touch"): return .noTouch
+        case SmallBytes("getredir"): return .getredir
+        case SmallBytes("tracking"), SmallBytes("caching"), SmallBytes("trackinginfo"), SmallBytes("unblock"):
             return .stateful
         default: return .forward
         }

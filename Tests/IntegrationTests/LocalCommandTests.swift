@@ -258,7 +258,7 @@ final class LocalCommandTests: IntegrationTestCase {
                 (["SUBSCRIBE", "\(p)ch"], "'subscribe'"), (["PSUBSCRIBE", "\(p)ch*"], "'psubscribe'"),
                 (["sSubscribe", "\(p)ch"], "'ssubscribe'"),
                 (["MONITOR"], "'monitor'"),
-                (["CLIENT", "REPLY", "OFF"], "'client"), (["CLIENT", "TRACKING", "ON"], "'client"),
+                (["CLIENT", "TRACKING", "ON"], "'client"), (["CLIENT", "CACHING", "YES"], "'client"),
             ]
             for (i, (command, quotedName)) in cases.enumerated() {
                 let replies = try conn.pipeline([["SET", "\(p)k", "v\(i)"], command, ["GET", "\(p)k"]])

@@ -111,8 +111,10 @@ final class CommandTableTests: XCTestCase {
         XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("setname")), .setname)
         XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("setinfo")), .setinfo)
         XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("tracking")), .stateful)
-        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("kill")), .stateful)
-        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("list")), .forward)
+        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("kill")), .kill)
+        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("list")), .list)
+        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("reply")), .reply)
+        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("pause")), .forward)
     }
 
     func testRefusalNamesTheCommand() {
