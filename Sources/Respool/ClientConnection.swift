@@ -53,6 +53,18 @@ final class ClientConnection: Connection {
     var silenceCurrent = false
     /// Commands queued in the current MULTI (CLIENT LIST's multi= field).
     var multiQueued = 0
+    /// Channels, patterns and shard channels this client is subscribed to (see PubSubHub.Space).
+    var subscriptions: [Set<[UInt8]>] = [[], [], []]
+    /// SUBSCRIBE requests whose confirmations wait for the server's.
+    var pubsubPending = 0
+    /// Whether a multiplexable command may take the fast path (no auth, reply mode or subscribed-mode rules apply).
+    var fastPath = true
+
+    var isSubscribed: Bool { !subscriptions[0].isEmpty || !subscriptions[1].isEmpty || !subscriptions[2].isEmpty || pubsubPending > 0 }
+
+    func updateFastPath() {
+        fastPath = authenticated && replyMode == .on && pubsubPending == 0 && !(proto == 2 && isSubscribed)
+    }
 
     init(proxy: Proxy, fd: Int32, id: Int, isUnix: Bool) {
         self.id = id
@@ -60,6 +72,7 @@ final class ClientConnection: Connection {
         framer = RequestFramer(limits: proxy.limits)
         db = proxy.config.upstream.db
         authenticated = proxy.clientPassword == nil
+        fastPath = authenticated
         createdAt = proxy.base.now()
         lastActive = createdAt
         super.init(proxy: proxy, fd: fd)
@@ -125,7 +138,7 @@ final class ClientConnection: Connection {
                     if prefix > 0 { partial.removeAll() }
                     continue
                 }
-                if authenticated, replyMode == .on, !head.isInline, CommandTable.route(head.name) == .forward {
+                if fastPath, !head.isInline, CommandTable.route(head.name) == .forward {
                     var target = upstream
                     if target == nil {
                         switch proxy.pool.acquire(proto: proto, db: db) {
@@ -257,6 +270,7 @@ final class ClientConnection: Connection {
             if inMulti && lease != nil { multiQueued += 1 }
             if replyMode == .skipNext && !isClientReply { replyMode = .on }
         }
+        updateFastPath()
         return handled
     }
 
@@ -271,8 +285,32 @@ final class ClientConnection: Connection {
                 return true
             }
         }
+        if pubsubPending > 0 {
+            // Confirmations of an earlier SUBSCRIBE are still due: keep the order.
+            stall = .barrier
+            return false
+        }
+        if proto == 2 && isSubscribed {
+            switch route {
+            case .pubsub, .ping, .local(.quit), .local(.reset): break
+            default:
+                if inFlight > 0 { stall = .barrier; return false }
+                replyError("ERR Can't execute '\(head.name)': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
+                return true
+            }
+        }
         switch route {
         case .forward:
+            return forward(frame)
+        case .pubsub(let command):
+            if inFlight > 0 { stall = .barrier; return false }
+            return pubsub(command, args: knownArgs ?? RESPDecoder.arguments(ofRequest: frame))
+        case .ping:
+            if proto == 2 && isSubscribed {
+                if inFlight > 0 { stall = .barrier; return false }
+                subscribedPing(knownArgs ?? RESPDecoder.arguments(ofRequest: frame))
+                return true
+            }
             return forward(frame)
         case .streamRead:
             let args = knownArgs ?? RESPDecoder.arguments(ofRequest: frame)
@@ -551,6 +589,7 @@ final class ClientConnection: Connection {
         out.removeAll()
         if stall == .pool { proxy.pool.removeWaiter(self) }
         stall = .none
+        unsubscribeAll()
         if lease != nil {
             // A blocked or transactional lease is not returned with state on it: endLease closes its connection,
             // which also drops (and answers nobody for) this client's in-flight commands.

@@ -31,6 +31,7 @@ extension ClientConnection {
             return true
         case .reset:
             if lease != nil { endLease() }
+            unsubscribeAll()
             authenticated = proxy.clientPassword == nil
             proto = 2
             name = nil
@@ -100,6 +101,10 @@ extension ClientConnection {
                 replyError("ERR upstream unavailable: \(why)")
                 return true
             }
+        }
+        if version != proto && isSubscribed {
+            replyError("ERR respool: cannot switch protocol while subscribed; UNSUBSCRIBE first")
+            return true
         }
         if let newName {
             guard Self.validName(newName) else {
@@ -277,7 +282,7 @@ extension ClientConnection {
         var text = ""
         for c in proxy.clientsByID where !c.isClosed {
             if let ids, !ids.contains(c.id) { continue }
-            if let type, type != "normal" { continue }
+            if let type, type != (c.isSubscribed ? "pubsub" : "normal") { continue }
             text += c.infoLine()
         }
         replyText(text)
@@ -332,7 +337,7 @@ extension ClientConnection {
                 case SmallBytes("addr"): return c.peerAddress == value
                 case SmallBytes("laddr"): return c.localAddress == value
                 case SmallBytes("user"): return value == "default"
-                case SmallBytes("type"): return value.lowercased() == "normal"
+                case SmallBytes("type"): return value.lowercased() == (c.isSubscribed ? "pubsub" : "normal")
                 case SmallBytes("maxage"): return Int(value).map { Int(now - c.createdAt) >= $0 } ?? false
                 default: return false
                 }
@@ -364,11 +369,12 @@ extension ClientConnection {
         let n = name.map { Self.text($0) } ?? ""
         var flags = ""
         if inMulti { flags += "x" }
+        if isSubscribed { flags += "P" }
         if lease != nil && !holdsState && inFlight > 0 { flags += "b" }
         if isUnix { flags += "U" }
         if flags.isEmpty { flags = "N" }
         return "id=\(id) addr=\(peerAddress) laddr=\(localAddress) fd=\(fd) name=\(n) age=\(Int(now - createdAt)) "
-            + "idle=\(Int(now - lastActive)) flags=\(flags) db=\(db) sub=0 psub=0 ssub=0 multi=\(inMulti ? multiQueued : -1) "
+            + "idle=\(Int(now - lastActive)) flags=\(flags) db=\(db) sub=\(subscriptions[0].count) psub=\(subscriptions[1].count) ssub=\(subscriptions[2].count) multi=\(inMulti ? multiQueued : -1) "
             + "qbuf=\(partial.count) qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=\(out.count) tot-mem=0 "
             + "events=r cmd=\(lastCommand) user=default "
             + "redir=-1 resp=\(proto) lib-name=\(libName.map { Self.text($0) } ?? "") lib-ver=\(libVersion.map { Self.text($0) } ?? "")\n"

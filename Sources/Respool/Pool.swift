@@ -80,7 +80,7 @@ final class Pool: EventHandler {
 
     /// Leases a connection to one client exclusively (a transaction or a blocking command). Leases count against the
     /// cap, and at least one connection always stays shared: at most cap - 1 are leased at once.
-    func lease(proto: Int, db: Int, for client: ClientConnection) -> Acquire {
+    func lease(proto: Int, db: Int, for client: ClientConnection?) -> Acquire {
         guard cap >= 2 else {
             return .unavailable("ERR respool: this command needs a dedicated upstream connection, and with RESPOOL_MAX_SERVER_CONNECTIONS=1 none can be leased")
         }
@@ -106,11 +106,11 @@ final class Pool: EventHandler {
         }
         guard let u = chosen else { return .wait }
         u.leased = true
-        nameLease(u, for: client)
-        u.leasedTo = Unmanaged.passUnretained(client)
+        if let client { nameLease(u, for: client) }
+        u.leasedTo = client.map { Unmanaged.passUnretained($0) }
         leasedCount += 1
         if let i = live.firstIndex(where: { $0.toOpaque() == Unmanaged.passUnretained(u).toOpaque() }) { live.remove(at: i) }
-        proxy.logger.debug("upstream leased", metadata: ["upstream.id": "\(u.id)", "client.id": "\(client.id)"])
+        proxy.logger.debug("upstream leased", metadata: ["upstream.id": "\(u.id)", "client.id": "\(client.map { String($0.id) } ?? "pubsub")"])
         return .ready(Unmanaged.passUnretained(u))
     }
 
@@ -242,6 +242,10 @@ final class Pool: EventHandler {
     private func remove(_ u: UpstreamConnection) {
         // Parked first: the array may hold the last strong reference while `u` is borrowed by a callback.
         proxy.graveyard.append(u)
+        if let hub = u.hub {
+            u.hub = nil
+            hub.connectionLost()
+        }
         if u.leased {
             u.leased = false
             leasedCount -= 1

@@ -17,6 +17,8 @@ struct Stats {
     var commandsLocal = 0
     var commandsRefused = 0
     var leasesGranted = 0
+    var pubsubSubscribes = 0
+    var pubsubMessagesFannedOut = 0
     var commandsFailed = 0
     var protocolErrors = 0
     var upstreamConnects = 0
@@ -168,6 +170,16 @@ public final class Proxy: AcceptHandler {
 
     func clientClosed(_ c: ClientConnection, reason: String) {
         openClients -= 1
+    }
+
+    private var hubs: [Int: PubSubHub] = [:]
+
+    /// The pub/sub hub of a protocol (created on first use).
+    func hub(proto: Int) -> PubSubHub {
+        if let h = hubs[proto] { return h }
+        let h = PubSubHub(proxy: self, proto: proto)
+        hubs[proto] = h
+        return h
     }
 
     /// Open and closing clients in the order they connected (CLIENT LIST, CLIENT KILL).

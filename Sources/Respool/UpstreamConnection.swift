@@ -31,6 +31,15 @@ final class UpstreamConnection: Connection {
     let createdAt: Double
     var connectTimer: Timer?
     var commandsServed = 0
+    /// Set while this is a pub/sub subscriber connection: frames past the handshake go to the hub.
+    var hub: PubSubHub?
+
+    /// Sends a command whose replies the hub consumes itself (no FIFO entry).
+    func sendInternal(_ bytes: [UInt8]) {
+        out.append(bytes)
+        markDirty()
+    }
+
     /// Leased exclusively to one client (not in the shared scan); `leasedTo` is that client.
     var leased = false
     var leasedTo: Unmanaged<ClientConnection>?
@@ -206,6 +215,19 @@ final class UpstreamConnection: Connection {
                     commandsServed &+= 1
                     entry.client!._withUnsafeGuaranteedRef { $0.replyDelivered() }
                     if fifo.isEmpty { proxy.pool.becameIdle(self) }
+                    continue
+                }
+                if let hub, fifo.isEmpty {
+                    flushRun()
+                    if prefix > 0 {
+                        var bytes = partial.copyBytes()
+                        partial.removeAll()
+                        bytes.append(contentsOf: UnsafeRawBufferPointer(start: base + fs, count: end - fs))
+                        bytes.withUnsafeBytes { hub.frame($0) }
+                    } else {
+                        hub.frame(UnsafeRawBufferPointer(start: base + fs, count: end - fs))
+                    }
+                    if isClosed { return }
                     continue
                 }
                 if framer.kind == UInt8(ascii: ">") && proto == 3 {

@@ -16,6 +16,23 @@ public enum StatefulKind: String, Sendable, Equatable {
     case cluster = "cluster mode"
 }
 
+/// The subscribe family, served by respool's shared subscriber connection.
+public enum PubSubCommand: Sendable, Equatable {
+    case subscribe, psubscribe, ssubscribe, unsubscribe, punsubscribe, sunsubscribe
+
+    /// The reply kind word ("subscribe", "punsubscribe"...).
+    public var word: String {
+        switch self {
+        case .subscribe: return "subscribe"
+        case .psubscribe: return "psubscribe"
+        case .ssubscribe: return "ssubscribe"
+        case .unsubscribe: return "unsubscribe"
+        case .punsubscribe: return "punsubscribe"
+        case .sunsubscribe: return "sunsubscribe"
+        }
+    }
+}
+
 /// Commands that start, end or take part in a transaction's connection state.
 public enum TransactionCommand: Sendable, Equatable {
     case multi, exec, discard, watch, unwatch
@@ -29,6 +46,10 @@ public enum CommandRoute: Sendable, Equatable {
     case transaction(TransactionCommand)
     /// A blocking command: runs on an exclusive lease for the duration of the call.
     case blocking
+    /// SUBSCRIBE and friends: fanned out from one shared subscriber connection per protocol.
+    case pubsub(PubSubCommand)
+    /// PING: forwarded, except in RESP2 subscribed mode where respool answers as redis does.
+    case ping
     /// Answered by respool.
     case local(LocalCommand)
     /// Needs a dedicated connection: refused with an error naming the command.
@@ -68,9 +89,13 @@ public enum CommandTable {
         for n: StaticString in ["blpop", "brpop", "brpoplpush", "blmove", "blmpop", "bzpopmin", "bzpopmax", "bzmpop", "wait", "waitaof"] {
             t[SmallBytes(n)] = .blocking
         }
-        for n: StaticString in ["subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe"] {
-            t[SmallBytes(n)] = .stateful(.pubsub)
-        }
+        t[SmallBytes("subscribe")] = .pubsub(.subscribe)
+        t[SmallBytes("psubscribe")] = .pubsub(.psubscribe)
+        t[SmallBytes("ssubscribe")] = .pubsub(.ssubscribe)
+        t[SmallBytes("unsubscribe")] = .pubsub(.unsubscribe)
+        t[SmallBytes("punsubscribe")] = .pubsub(.punsubscribe)
+        t[SmallBytes("sunsubscribe")] = .pubsub(.sunsubscribe)
+        t[SmallBytes("ping")] = .ping
         t[SmallBytes("monitor")] = .stateful(.monitor)
         for n: StaticString in ["sync", "psync", "replconf"] { t[SmallBytes(n)] = .stateful(.replication) }
         for n: StaticString in ["readonly", "readwrite", "asking"] { t[SmallBytes(n)] = .stateful(.cluster) }

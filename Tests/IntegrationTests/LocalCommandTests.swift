@@ -253,10 +253,8 @@ final class LocalCommandTests: IntegrationTestCase {
             let conn = try respool.client(timeout: 5)
             assertReply(try conn.command("SET", "\(p)k", "v0"), Reply.ok, "SET")
             assertReply(try conn.command("XADD", "\(p)stream", "1-1", "f", "v"), Reply.bulk("1-1"), "XADD")
-            // (Transactions and blocking commands run on leases: see LeaseTests.)
+            // (Transactions and blocking commands run on leases: see LeaseTests; pub/sub: PubSubTests.)
             let cases: [([String], String)] = [
-                (["SUBSCRIBE", "\(p)ch"], "'subscribe'"), (["PSUBSCRIBE", "\(p)ch*"], "'psubscribe'"),
-                (["sSubscribe", "\(p)ch"], "'ssubscribe'"),
                 (["MONITOR"], "'monitor'"),
                 (["CLIENT", "TRACKING", "ON"], "'client"), (["CLIENT", "CACHING", "YES"], "'client"),
             ]
