@@ -57,6 +57,8 @@ final class ClientConnection: Connection {
     var subscriptions: [Set<[UInt8]>] = [[], [], []]
     /// SUBSCRIBE requests whose confirmations wait for the server's.
     var pubsubPending = 0
+    /// A KEYS being answered by SCAN (RESPOOL_KEYS=scan).
+    var scanJob: ScanJob?
     /// Whether a multiplexable command may take the fast path (no auth, reply mode or subscribed-mode rules apply).
     var fastPath = true
 
@@ -305,6 +307,8 @@ final class ClientConnection: Connection {
         case .pubsub(let command):
             if inFlight > 0 { stall = .barrier; return false }
             return pubsub(command, args: knownArgs ?? RESPDecoder.arguments(ofRequest: frame))
+        case .keys:
+            return keys(frame: frame, args: knownArgs)
         case .ping:
             if proto == 2 && isSubscribed {
                 if inFlight > 0 { stall = .barrier; return false }
@@ -450,6 +454,9 @@ final class ClientConnection: Connection {
         proxy.stats.commandsRefused &+= 1
         return true
     }
+
+    /// Sends a request on this client's connection as any multiplexed command (used by the KEYS guard).
+    func forwardFrame(_ frame: UnsafeRawBufferPointer) -> Bool { forward(frame) }
 
     /// Sends a request to the leased connection (a client holding a lease always has it as `upstream`).
     func forwardToLease(_ frame: UnsafeRawBufferPointer) -> Bool {

@@ -18,6 +18,9 @@ struct Stats {
     var commandsRefused = 0
     var leasesGranted = 0
     var pubsubSubscribes = 0
+    var keysSeen = 0
+    var keysDenied = 0
+    var keysScanned = 0
     var pubsubMessagesFannedOut = 0
     var commandsFailed = 0
     var protocolErrors = 0
@@ -173,6 +176,8 @@ public final class Proxy: AcceptHandler {
     }
 
     private var hubs: [Int: PubSubHub] = [:]
+    var keysWarnedAt = -1_000_000.0
+    var keysSinceWarning = 0
 
     /// The pub/sub hub of a protocol (created on first use).
     func hub(proto: Int) -> PubSubHub {

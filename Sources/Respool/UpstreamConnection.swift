@@ -13,7 +13,8 @@ final class UpstreamConnection: Connection {
 
     struct Entry {
         /// `silent`: a client's command whose reply it asked not to get (CLIENT REPLY OFF/SKIP): dropped on arrival.
-        enum Kind: UInt8 { case client, silent, hello, select, retarget }
+        /// `scan`: one SCAN step of a client's KEYS answered by scanning (RESPOOL_KEYS=scan); consumed by respool.
+        enum Kind: UInt8 { case client, silent, scan, hello, select, retarget }
         var kind: Kind
         var client: Unmanaged<ClientConnection>?
     }
@@ -112,6 +113,10 @@ final class UpstreamConnection: Connection {
     @inline(__always)
     func enqueue(client: ClientConnection) {
         fifo.append(Entry(kind: .client, client: Unmanaged.passUnretained(client)))
+    }
+
+    func enqueueScan(client: ClientConnection) {
+        fifo.append(Entry(kind: .scan, client: Unmanaged.passUnretained(client)))
     }
 
     func enqueueSilent(client: ClientConnection) {
@@ -242,6 +247,15 @@ final class UpstreamConnection: Connection {
                     fail(reason: "reply from server without a request")
                     return
                 }
+                if entry.kind == .scan {
+                    flushRun()
+                    var bytes = prefix > 0 ? partial.copyBytes() : []
+                    if prefix > 0 { partial.removeAll() }
+                    bytes.append(contentsOf: UnsafeRawBufferPointer(start: base + fs, count: end - fs))
+                    entry.client!._withUnsafeGuaranteedRef { $0.scanStep(bytes, on: self) }
+                    if fifo.isEmpty { proxy.pool.becameIdle(self) }
+                    continue
+                }
                 if entry.kind != .client && entry.kind != .silent {
                     flushRun()
                     var bytes = prefix > 0 ? partial.copyBytes() : []
@@ -363,7 +377,7 @@ final class UpstreamConnection: Connection {
             }
         }
         while let e = fifo.popFirst() {
-            guard e.kind == .client || e.kind == .silent, let c = e.client else { continue }
+            guard e.kind == .client || e.kind == .silent || e.kind == .scan, let c = e.client else { continue }
             let silent = e.kind == .silent
             failed += 1
             c._withUnsafeGuaranteedRef {
@@ -395,7 +409,7 @@ final class UpstreamConnection: Connection {
         streamed = 0
         let line = Array("-ERR respool: the leased connection was closed: \(reason)\r\n".utf8)
         while let e = fifo.popFirst() {
-            guard e.kind == .client || e.kind == .silent, let c = e.client else { continue }
+            guard e.kind == .client || e.kind == .silent || e.kind == .scan, let c = e.client else { continue }
             let silent = e.kind == .silent
             c._withUnsafeGuaranteedRef {
                 if !$0.isClosed && !silent {

@@ -50,6 +50,8 @@ public enum CommandRoute: Sendable, Equatable {
     case pubsub(PubSubCommand)
     /// PING: forwarded, except in RESP2 subscribed mode where respool answers as redis does.
     case ping
+    /// KEYS: subject to the KEYS guard (RESPOOL_KEYS).
+    case keys
     /// Answered by respool.
     case local(LocalCommand)
     /// Needs a dedicated connection: refused with an error naming the command.
@@ -96,6 +98,7 @@ public enum CommandTable {
         t[SmallBytes("punsubscribe")] = .pubsub(.punsubscribe)
         t[SmallBytes("sunsubscribe")] = .pubsub(.sunsubscribe)
         t[SmallBytes("ping")] = .ping
+        t[SmallBytes("keys")] = .keys
         t[SmallBytes("monitor")] = .stateful(.monitor)
         for n: StaticString in ["sync", "psync", "replconf"] { t[SmallBytes(n)] = .stateful(.replication) }
         for n: StaticString in ["readonly", "readwrite", "asking"] { t[SmallBytes(n)] = .stateful(.cluster) }

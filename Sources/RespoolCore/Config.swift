@@ -27,6 +27,11 @@ public struct ConfigOption: Sendable {
     public let help: String
 }
 
+/// What to do with KEYS (O(N), stalls a production Redis).
+public enum KeysMode: String, CaseIterable, Sendable {
+    case allow, warn, deny, scan
+}
+
 public struct Config: Equatable, Sendable {
     public var upstream: RedisURL
     /// Which variable the upstream came from (RESPOOL_URL, REDIS_URL or the default), for the start-up line.
@@ -45,6 +50,7 @@ public struct Config: Equatable, Sendable {
     public var databases: Int
     /// Password clients must AUTH with (never printed); nil: no AUTH required.
     public var clientPassword: String?
+    public var keysMode: KeysMode
 
     public static let options: [ConfigOption] = [
         .init(variable: "RESPOOL_URL", flag: "url", defaultText: "$REDIS_URL, else redis://127.0.0.1:6379",
@@ -66,6 +72,8 @@ public struct Config: Equatable, Sendable {
               help: "Seconds to finish in-flight commands after SIGTERM/SIGINT before exiting."),
         .init(variable: "RESPOOL_CLIENT_PASSWORD", flag: "client-password", defaultText: "(none: no AUTH needed)",
               help: "Password clients must AUTH (or HELLO AUTH) with, as redis's requirepass; never printed. Upstream credentials come from the URL only."),
+        .init(variable: "RESPOOL_KEYS", flag: "keys", defaultText: "warn",
+              help: "KEYS guard: allow; warn (log a rate-limited line, count it); deny (error suggesting SCAN); scan (answer KEYS by an incremental SCAN, so the server never blocks)."),
         .init(variable: "RESPOOL_DATABASES", flag: "databases", defaultText: "16",
               help: "Number of databases of the server (its `databases` setting): SELECT accepts 0 to this minus 1."),
         .init(variable: "RESPOOL_MAX_BULK_LENGTH", flag: "max-bulk-length", defaultText: "536870912",
@@ -138,6 +146,14 @@ public struct Config: Equatable, Sendable {
         maxMultibulkLength = try integer("RESPOOL_MAX_MULTIBULK_LENGTH", default: Int(Int32.max), range: 1...Int(Int32.max))
         databases = try integer("RESPOOL_DATABASES", default: 16, range: 1...1_000_000)
         clientPassword = env["RESPOOL_CLIENT_PASSWORD"].flatMap { $0.isEmpty ? nil : $0 }
+        if let text = value("RESPOOL_KEYS") {
+            guard let m = KeysMode(rawValue: text.lowercased()) else {
+                throw ConfigError(variable: "RESPOOL_KEYS", message: "must be allow, warn, deny or scan, got \"\(text.prefix(40))\"")
+            }
+            keysMode = m
+        } else {
+            keysMode = .warn
+        }
         if upstream.db >= databases {
             throw ConfigError(variable: upstreamSource, message: "database \(upstream.db) is not below RESPOOL_DATABASES (\(databases))")
         }

@@ -37,6 +37,7 @@ struct RespoolCommand: ParsableCommand {
     @Option(name: .customLong("shutdown-timeout"), help: help("RESPOOL_SHUTDOWN_TIMEOUT")) var shutdownTimeout: String?
     @Option(name: .customLong("databases"), help: help("RESPOOL_DATABASES")) var databases: String?
     @Option(name: .customLong("client-password"), help: help("RESPOOL_CLIENT_PASSWORD")) var clientPassword: String?
+    @Option(name: .customLong("keys"), help: help("RESPOOL_KEYS")) var keys: String?
     @Option(name: .customLong("max-bulk-length"), help: help("RESPOOL_MAX_BULK_LENGTH")) var maxBulkLength: String?
     @Option(name: .customLong("max-multibulk-length"), help: help("RESPOOL_MAX_MULTIBULK_LENGTH")) var maxMultibulkLength: String?
 
@@ -55,7 +56,7 @@ struct RespoolCommand: ParsableCommand {
             ("RESPOOL_NAME", name), ("RESPOOL_LOG_LEVEL", logLevel), ("RESPOOL_CONNECT_TIMEOUT", connectTimeout),
             ("RESPOOL_SHUTDOWN_TIMEOUT", shutdownTimeout), ("RESPOOL_MAX_BULK_LENGTH", maxBulkLength),
             ("RESPOOL_MAX_MULTIBULK_LENGTH", maxMultibulkLength), ("RESPOOL_DATABASES", databases),
-            ("RESPOOL_CLIENT_PASSWORD", clientPassword),
+            ("RESPOOL_CLIENT_PASSWORD", clientPassword), ("RESPOOL_KEYS", keys),
         ]
         for (variable, value) in flags { if let value { env[variable] = value } }
         return env
