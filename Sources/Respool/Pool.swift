@@ -37,6 +37,7 @@ final class Pool: EventHandler {
     private var retryTimer: Timer?
     private var resolved: SocketAddress?
     private(set) var leasedCount = 0
+    private var commandTableRequested = false
     var closing = false
 
     init(proxy: Proxy, cap: Int) {
@@ -206,6 +207,10 @@ final class Pool: EventHandler {
         failures = 0
         retryAt = 0
         lastError = nil
+        if !commandTableRequested {
+            commandTableRequested = true
+            u.requestCommandTable()
+        }
         proxy.logger.debug("upstream ready", metadata: ["upstream.id": "\(u.id)", "proto": "\(u.proto)"])
         wakeWaiters()
     }

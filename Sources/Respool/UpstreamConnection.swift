@@ -14,7 +14,8 @@ final class UpstreamConnection: Connection {
     struct Entry {
         /// `silent`: a client's command whose reply it asked not to get (CLIENT REPLY OFF/SKIP): dropped on arrival.
         /// `scan`: one SCAN step of a client's KEYS answered by scanning (RESPOOL_KEYS=scan); consumed by respool.
-        enum Kind: UInt8 { case client, silent, scan, hello, select, retarget }
+        /// `commandTable`: the COMMAND reply that classifies module and newer commands (once per process).
+        enum Kind: UInt8 { case client, silent, scan, hello, select, retarget, commandTable }
         var kind: Kind
         var client: Unmanaged<ClientConnection>?
     }
@@ -91,6 +92,13 @@ final class UpstreamConnection: Connection {
         out.append(RESPWriter.command(["CLIENT", "SETNAME", name]))
         fifo.append(Entry(kind: .retarget, client: nil))
         serverName = name
+        markDirty()
+    }
+
+    /// Asks the server for its command table (consumed by respool, see CommandTable.learn).
+    func requestCommandTable() {
+        out.append(RESPWriter.command(["COMMAND"]))
+        fifo.append(Entry(kind: .commandTable, client: nil))
         markDirty()
     }
 
@@ -325,6 +333,17 @@ final class UpstreamConnection: Connection {
     /// Checks and swallows the reply to a handshake step. Returns false if the connection failed.
     private func handshakeReply(_ kind: Entry.Kind, _ bytes: [UInt8], kind type: UInt8) -> Bool {
         let isError = type == UInt8(ascii: "-") || type == UInt8(ascii: "!")
+        if kind == .commandTable {
+            if isError {
+                proxy.logger.notice("COMMAND refused by the server; using the built-in command table only")
+            } else if let decoded = (try? RESPDecoder.decode(bytes)) ?? nil {
+                let learned = CommandTable.learn(fromCommandReply: decoded.value)
+                proxy.logger.info("command table learned from the server", metadata: [
+                    "blocking_added": "\(learned.isEmpty ? "none" : learned.joined(separator: ","))"])
+            }
+            if fifo.isEmpty { proxy.pool.becameIdle(self) }
+            return true
+        }
         if isError {
             let text = ((try? RESPDecoder.decode(bytes)) ?? nil)?.value.string ?? "error"
             switch kind {

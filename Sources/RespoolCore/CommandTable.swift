@@ -69,17 +69,29 @@ public enum CommandTable {
         var used: Bool
     }
 
-    private static let slotCount = 256
-    nonisolated(unsafe) private static let slots: UnsafeMutablePointer<Slot> = {
-        let p = UnsafeMutablePointer<Slot>.allocate(capacity: slotCount)
-        p.initialize(repeating: Slot(key: SmallBytes(), route: .forward, used: false), count: slotCount)
-        for (key, route) in entries {
-            var i = Int(truncatingIfNeeded: key.tableHash) & (slotCount - 1)
-            while p[i].used { i = (i + 1) & (slotCount - 1) }
-            p[i] = Slot(key: key, route: route, used: true)
+    /// The lookup table: the built-in entries, plus what `learn(fromCommandReply:)` added. Replaced, never mutated in
+    /// place; respool's event loop is the only user (single-threaded).
+    private struct SlotTable {
+        let slots: UnsafeMutablePointer<Slot>
+        let mask: Int
+        let entries: [SmallBytes: CommandRoute]
+
+        init(_ entries: [SmallBytes: CommandRoute]) {
+            var size = 256
+            while size < entries.count * 4 { size *= 2 }
+            slots = .allocate(capacity: size)
+            slots.initialize(repeating: Slot(key: SmallBytes(), route: .forward, used: false), count: size)
+            mask = size - 1
+            self.entries = entries
+            for (key, route) in entries {
+                var i = Int(truncatingIfNeeded: key.tableHash) & mask
+                while slots[i].used { i = (i + 1) & mask }
+                slots[i] = Slot(key: key, route: route, used: true)
+            }
         }
-        return p
-    }()
+    }
+
+    nonisolated(unsafe) private static var table = SlotTable(entries)
 
     private static let entries: [SmallBytes: CommandRoute] = {
         var t: [SmallBytes: CommandRoute] = [:]
@@ -118,14 +130,43 @@ public enum CommandTable {
     @inline(__always)
     public static func route(_ name: SmallBytes) -> CommandRoute {
         if name.truncated { return .forward }
-        let s = slots
-        var i = Int(truncatingIfNeeded: name.tableHash) & (slotCount - 1)
-        while s[i].used {
-            if s[i].key == name { return s[i].route }
-            i = (i + 1) & (slotCount - 1)
+        let t = table
+        var i = Int(truncatingIfNeeded: name.tableHash) & t.mask
+        while t.slots[i].used {
+            if t.slots[i].key == name { return t.slots[i].route }
+            i = (i + 1) & t.mask
         }
         return .forward
     }
+
+    /// Classifies the commands the server reports (the reply to COMMAND) that the built-in table does not know: those
+    /// flagged "blocking" (module commands, newer Redis versions) run on leases. Returns the names learned as
+    /// blocking. The built-in entries always win (XREAD blocks only with BLOCK, for example).
+    @discardableResult
+    public static func learn(fromCommandReply reply: RESPValue) -> [String] {
+        guard case .array(let commands?) = reply else { return [] }
+        var merged = table.entries
+        var learned: [String] = []
+        for entry in commands {
+            guard case .array(let fields?) = entry, fields.count >= 3, let name = fields[0].string else { continue }
+            let flagValues: [RESPValue]
+            switch fields[2] {
+            case .array(let f?): flagValues = f
+            case .set(let f): flagValues = f
+            default: continue
+            }
+            let flags = Set(flagValues.compactMap { $0.string?.lowercased() })
+            let key = SmallBytes(lowercasing: Array(name.utf8))
+            guard !key.truncated, merged[key] == nil, flags.contains("blocking") else { continue }
+            merged[key] = .blocking
+            learned.append(name.lowercased())
+        }
+        if !learned.isEmpty { table = SlotTable(merged) }
+        return learned.sorted()
+    }
+
+    /// Back to the built-in table (tests).
+    public static func resetLearned() { table = SlotTable(entries) }
 
     /// CLIENT subcommands: which are answered locally, which are refused, the rest are forwarded (LIST, PAUSE, HELP...).
     public enum ClientSubcommand: Sendable, Equatable {

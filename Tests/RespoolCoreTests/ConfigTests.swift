@@ -118,6 +118,24 @@ final class CommandTableTests: XCTestCase {
         XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("pause")), .forward)
     }
 
+    /// What the server's COMMAND reply says is blocking (a module command here) runs on a lease; the built-in table
+    /// wins where it knows better (XREAD blocks only with BLOCK).
+    func testLearnsBlockingCommandsFromTheServer() {
+        defer { CommandTable.resetLearned() }
+        func entry(_ name: String, _ flags: [String]) -> RESPValue {
+            .array([.bulkString(Array(name.utf8)), .integer(-2), .array(flags.map { .simpleString(Array($0.utf8)) }),
+                    .integer(1), .integer(1), .integer(1)])
+        }
+        let reply = RESPValue.array([entry("get", ["readonly", "fast"]), entry("xread", ["readonly", "blocking"]),
+                                     entry("mymod.bpop", ["write", "blocking"]), entry("blpop", ["write", "blocking"])])
+        XCTAssertEqual(CommandTable.route(SmallBytes("mymod.bpop")), .forward)
+        XCTAssertEqual(CommandTable.learn(fromCommandReply: reply), ["mymod.bpop"])
+        XCTAssertEqual(CommandTable.route(SmallBytes("mymod.bpop")), .blocking)
+        XCTAssertEqual(CommandTable.route(SmallBytes("xread")), .streamRead)
+        XCTAssertEqual(CommandTable.route(SmallBytes("get")), .forward)
+        XCTAssertEqual(CommandTable.route(SmallBytes("multi")), .transaction(.multi))
+    }
+
     func testRefusalNamesTheCommand() {
         let e = CommandTable.refusal(command: "psubscribe", kind: .pubsub)
         XCTAssertTrue(e.hasPrefix("ERR respool: 'psubscribe'"), e)
