@@ -57,6 +57,8 @@ final class ClientConnection: Connection {
     var subscriptions: [Set<[UInt8]>] = [[], [], []]
     /// SUBSCRIBE requests whose confirmations wait for the server's.
     var pubsubPending = 0
+    /// When this client began waiting for the pool (nil when it is not waiting).
+    var waitStart: Double?
     /// A KEYS being answered by SCAN (RESPOOL_KEYS=scan).
     var scanJob: ScanJob?
     /// Whether a multiplexable command may take the fast path (no auth, reply mode or subscribed-mode rules apply).
@@ -228,10 +230,32 @@ final class ClientConnection: Connection {
                 if stall == .pool { proxy.pool.addWaiter(self) }
                 return
             }
+            waitStart = nil
             if isClosed || closeAfterFlush { return }
             if all.count > pendingLength {
                 process(UnsafeRawBufferPointer(rebasing: all[pendingLength...]))
             }
+        }
+        if stall == .none && !isClosed && !closeAfterFlush && !proxy.shuttingDown {
+            enableReading()
+        }
+    }
+
+    /// Waited RESPOOL_WAIT_TIMEOUT for the pool: the waiting request gets an error (nothing of this client is in
+    /// flight, so the order holds) and the rest of its input goes on.
+    func waitTimedOut(cap: Int) {
+        guard stall == .pool, !isClosed else { return }
+        stall = .none
+        waitStart = nil
+        proxy.stats.waitTimeouts &+= 1
+        let bytes = partial.copyBytes()
+        partial.removeAll()
+        let t = proxy.config.waitTimeout
+        let seconds = t == t.rounded() ? String(Int(t)) : String(t)
+        replyError("ERR respool: no upstream connection free within \(seconds)s (cap \(cap) reached)")
+        proxy.logger.info("wait timeout", metadata: ["client.id": "\(id)", "cap": "\(cap)", "leased": "\(proxy.pool.leasedCount)"])
+        if bytes.count > pendingLength {
+            bytes.withUnsafeBytes { process(UnsafeRawBufferPointer(rebasing: $0[pendingLength...])) }
         }
         if stall == .none && !isClosed && !closeAfterFlush && !proxy.shuttingDown {
             enableReading()

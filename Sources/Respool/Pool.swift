@@ -35,6 +35,7 @@ final class Pool: EventHandler {
     private var retryAt = 0.0
     private(set) var lastError: String?
     private var retryTimer: Timer?
+    private var waitTimer: Timer?
     private var resolved: SocketAddress?
     private(set) var leasedCount = 0
     private var commandTableRequested = false
@@ -314,13 +315,36 @@ final class Pool: EventHandler {
     }
 
     override func handleEvent(_ what: Int16, tag: Int) {
-        keepWarm()
+        if tag == 1 { expireWaiters() } else { keepWarm() }
     }
 
     // MARK: waiters
 
     func addWaiter(_ c: ClientConnection) {
+        if c.waitStart == nil { c.waitStart = proxy.base.now() }
         waiters.append(c)
+        scheduleWaitTimer()
+    }
+
+    /// One timer for all waiters: it fires at the earliest deadline (RESPOOL_WAIT_TIMEOUT after a waiter began).
+    private func scheduleWaitTimer() {
+        guard let earliest = waiters.compactMap(\.waitStart).min() else {
+            waitTimer?.cancel()
+            return
+        }
+        if waitTimer == nil { waitTimer = try? Timer(base: proxy.base, handler: self, tag: .secondary) }
+        waitTimer?.schedule(after: max(0.001, earliest + proxy.config.waitTimeout - proxy.base.now()))
+    }
+
+    private func expireWaiters() {
+        let now = proxy.base.now()
+        let timeout = proxy.config.waitTimeout
+        let expired = waiters.filter { ($0.waitStart ?? now) + timeout <= now }
+        if !expired.isEmpty {
+            waiters.removeAll { c in expired.contains { $0 === c } }
+            for c in expired { c.waitTimedOut(cap: cap) }
+        }
+        scheduleWaitTimer()
     }
 
     func removeWaiter(_ c: ClientConnection) {

@@ -18,6 +18,7 @@ struct Stats {
     var commandsRefused = 0
     var leasesGranted = 0
     var pubsubSubscribes = 0
+    var waitTimeouts = 0
     var keysSeen = 0
     var keysDenied = 0
     var keysScanned = 0
@@ -90,6 +91,7 @@ public final class Proxy: AcceptHandler {
         meta["upstream"] = "\(config.upstream)"
         meta["upstream_from"] = "\(config.upstreamSource)"
         meta["max_server_connections"] = "\(config.maxServerConnections)"
+        meta["cap_from"] = "\(config.capSource)"
         meta["max_clients"] = "\(config.maxClients)"
         meta["name"] = "\(config.namePrefix)"
         meta["client_auth"] = "\(config.clientPassword == nil ? "off" : "required")"

@@ -40,6 +40,10 @@ public struct Config: Equatable, Sendable {
     public var port: Int
     public var socketPath: String?
     public var maxServerConnections: Int
+    /// How the cap was set, for the start-up line ("RESPOOL_MAX_SERVER_CONNECTIONS", "default" or the plan formula).
+    public var capSource: String
+    /// Seconds a client may wait for a connection to lease (or for the pool) before it gets an error.
+    public var waitTimeout: Double
     public var maxClients: Int
     public var namePrefix: String
     public var logLevel: LogLevelSetting
@@ -60,6 +64,14 @@ public struct Config: Equatable, Sendable {
         .init(variable: "RESPOOL_SOCKET", flag: "socket", defaultText: "(none)", help: "Also listen on this unix socket path (faster than loopback TCP for a sidecar)."),
         .init(variable: "RESPOOL_MAX_SERVER_CONNECTIONS", flag: "max-server-connections", defaultText: "10",
               help: "Hard cap on upstream connections respool ever has open at once."),
+        .init(variable: "RESPOOL_PLAN_MAX_CONNECTIONS", flag: "plan-max-connections", defaultText: "(none)",
+              help: "The Redis plan's connection limit; with RESPOOL_INSTANCES and RESPOOL_RESERVE_CONNECTIONS it sets the cap to floor((plan - reserve) / instances), at least 1, unless RESPOOL_MAX_SERVER_CONNECTIONS is set."),
+        .init(variable: "RESPOOL_INSTANCES", flag: "instances", defaultText: "1",
+              help: "How many respools share the plan's connections."),
+        .init(variable: "RESPOOL_RESERVE_CONNECTIONS", flag: "reserve-connections", defaultText: "2",
+              help: "Connections of the plan left free for consoles and one-off processes."),
+        .init(variable: "RESPOOL_WAIT_TIMEOUT", flag: "wait-timeout", defaultText: "5",
+              help: "Seconds a command may wait for an upstream connection (a lease when all are taken) before it gets an error; the client stays connected."),
         .init(variable: "RESPOOL_MAX_CLIENTS", flag: "max-clients", defaultText: "10000",
               help: "Client connections accepted; past it a client gets -ERR max number of clients reached."),
         .init(variable: "RESPOOL_NAME", flag: "name", defaultText: "$DYNO, else the host name",
@@ -123,7 +135,17 @@ public struct Config: Equatable, Sendable {
         if let p = socketPath, p.utf8.count > 107 {
             throw ConfigError(variable: "RESPOOL_SOCKET", message: "path is longer than 107 bytes")
         }
-        maxServerConnections = try integer("RESPOOL_MAX_SERVER_CONNECTIONS", default: 10, range: 1...100_000)
+        if value("RESPOOL_MAX_SERVER_CONNECTIONS") != nil || value("RESPOOL_PLAN_MAX_CONNECTIONS") == nil {
+            maxServerConnections = try integer("RESPOOL_MAX_SERVER_CONNECTIONS", default: 10, range: 1...100_000)
+            capSource = value("RESPOOL_MAX_SERVER_CONNECTIONS") != nil ? "RESPOOL_MAX_SERVER_CONNECTIONS" : "default"
+        } else {
+            let plan = try integer("RESPOOL_PLAN_MAX_CONNECTIONS", default: 0, range: 1...1_000_000)
+            let instances = try integer("RESPOOL_INSTANCES", default: 1, range: 1...100_000)
+            let reserve = try integer("RESPOOL_RESERVE_CONNECTIONS", default: 2, range: 0...1_000_000)
+            maxServerConnections = max(1, (plan - reserve) / instances)
+            capSource = "floor((plan \(plan) - reserve \(reserve)) / instances \(instances))"
+        }
+        waitTimeout = try seconds("RESPOOL_WAIT_TIMEOUT", default: 5, allowZero: false)
         maxClients = try integer("RESPOOL_MAX_CLIENTS", default: 10_000, range: 1...10_000_000)
         let rawName = value("RESPOOL_NAME") ?? value("DYNO") ?? hostName
         guard !rawName.utf8.contains(where: { $0 <= 32 || $0 >= 127 }) else {

@@ -31,6 +31,10 @@ struct RespoolCommand: ParsableCommand {
     @Option(name: .customLong("socket"), help: help("RESPOOL_SOCKET")) var socket: String?
     @Option(name: .customLong("max-server-connections"), help: help("RESPOOL_MAX_SERVER_CONNECTIONS")) var maxServerConnections: String?
     @Option(name: .customLong("max-clients"), help: help("RESPOOL_MAX_CLIENTS")) var maxClients: String?
+    @Option(name: .customLong("plan-max-connections"), help: help("RESPOOL_PLAN_MAX_CONNECTIONS")) var planMaxConnections: String?
+    @Option(name: .customLong("instances"), help: help("RESPOOL_INSTANCES")) var instances: String?
+    @Option(name: .customLong("reserve-connections"), help: help("RESPOOL_RESERVE_CONNECTIONS")) var reserveConnections: String?
+    @Option(name: .customLong("wait-timeout"), help: help("RESPOOL_WAIT_TIMEOUT")) var waitTimeout: String?
     @Option(name: .customLong("name"), help: help("RESPOOL_NAME")) var name: String?
     @Option(name: .customLong("log-level"), help: help("RESPOOL_LOG_LEVEL")) var logLevel: String?
     @Option(name: .customLong("connect-timeout"), help: help("RESPOOL_CONNECT_TIMEOUT")) var connectTimeout: String?
@@ -57,6 +61,8 @@ struct RespoolCommand: ParsableCommand {
             ("RESPOOL_SHUTDOWN_TIMEOUT", shutdownTimeout), ("RESPOOL_MAX_BULK_LENGTH", maxBulkLength),
             ("RESPOOL_MAX_MULTIBULK_LENGTH", maxMultibulkLength), ("RESPOOL_DATABASES", databases),
             ("RESPOOL_CLIENT_PASSWORD", clientPassword), ("RESPOOL_KEYS", keys),
+            ("RESPOOL_PLAN_MAX_CONNECTIONS", planMaxConnections), ("RESPOOL_INSTANCES", instances),
+            ("RESPOOL_RESERVE_CONNECTIONS", reserveConnections), ("RESPOOL_WAIT_TIMEOUT", waitTimeout),
         ]
         for (variable, value) in flags { if let value { env[variable] = value } }
         return env

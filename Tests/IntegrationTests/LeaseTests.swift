@@ -87,7 +87,8 @@ final class LeaseTests: IntegrationTestCase {
     /// more connections than the cap.
     func testManyBlockedClientsBesideMultiplexedTraffic() throws {
         let poolName = "itlease\(getpid())"
-        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "6", "RESPOOL_NAME": poolName]) { redis, respool in
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "6", "RESPOOL_NAME": poolName,
+                                      "RESPOOL_WAIT_TIMEOUT": "120"]) { redis, respool in
             let p = keyPrefix()
             let endpoint = respool.endpoint
             let blockers = 40, workers = 40
@@ -176,6 +177,31 @@ final class LeaseTests: IntegrationTestCase {
             let direct = try redis.client()
             assertReply(try direct.command("SELECT", "5"), Reply.ok)
             assertReply(try direct.command("GET", "\(p)tx"), Reply.bulk("in5"), "the transaction ran in db 5")
+        }
+    }
+
+    /// All leasable connections taken: the next client waits RESPOOL_WAIT_TIMEOUT, then gets an error naming the
+    /// cap, keeps its connection, and the commands it pipelined after the waiting one are answered in order.
+    func testWaitForALeaseTimesOut() throws {
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "2", "RESPOOL_WAIT_TIMEOUT": "0.5"]) { _, respool in
+            let p = keyPrefix()
+            let a = try respool.client()
+            try a.sendCommand(["BLPOP", "\(p)a", "0"])
+            sleepSeconds(0.2)
+            let b = try respool.client()
+            let t0 = monotonicNow()
+            let r = try b.pipeline([["SET", "\(p)x", "1"], ["BLPOP", "\(p)b", "0"], ["GET", "\(p)x"]])
+            let waited = monotonicNow() - t0
+            XCTAssertEqual(r[0], Reply.ok)
+            XCTAssertEqual(r[1].errorText, "ERR respool: no upstream connection free within 0.5s (cap 2 reached)", show(r[1]))
+            XCTAssertEqual(r[2], Reply.bulk("1"))
+            XCTAssertGreaterThanOrEqual(waited, 0.45, "answered before the wait timeout")
+            XCTAssertLessThan(waited, 5, "waited far past the timeout")
+            // Once A's lease is back, B can block.
+            let pusher = try respool.client()
+            guard case .integer = try pusher.command("RPUSH", "\(p)a", "v") else { return XCTFail("RPUSH") }
+            assertReply(try a.readValue(), Reply.bulks(["\(p)a", "v"]))
+            assertReply(try b.command("BLPOP", "\(p)b", "0.1"), .array(nil), "B gets a lease now")
         }
     }
 

@@ -19,6 +19,20 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(c.maxBulkLength, 512 << 20)
     }
 
+    func testCapDerivedFromThePlan() throws {
+        let c = try Config(environment: ["RESPOOL_PLAN_MAX_CONNECTIONS": "40", "RESPOOL_INSTANCES": "3"])
+        XCTAssertEqual(c.maxServerConnections, 12)   // floor((40 - 2) / 3)
+        XCTAssertTrue(c.capSource.contains("plan 40"), c.capSource)
+        XCTAssertEqual(try Config(environment: ["RESPOOL_PLAN_MAX_CONNECTIONS": "20", "RESPOOL_RESERVE_CONNECTIONS": "0"]).maxServerConnections, 20)
+        XCTAssertEqual(try Config(environment: ["RESPOOL_PLAN_MAX_CONNECTIONS": "3", "RESPOOL_INSTANCES": "10"]).maxServerConnections, 1)
+        let explicit = try Config(environment: ["RESPOOL_PLAN_MAX_CONNECTIONS": "40", "RESPOOL_MAX_SERVER_CONNECTIONS": "7"])
+        XCTAssertEqual(explicit.maxServerConnections, 7)
+        XCTAssertEqual(explicit.capSource, "RESPOOL_MAX_SERVER_CONNECTIONS")
+        XCTAssertThrowsError(try Config(environment: ["RESPOOL_PLAN_MAX_CONNECTIONS": "40", "RESPOOL_INSTANCES": "0"])) { e in
+            XCTAssertEqual((e as? ConfigError)?.variable, "RESPOOL_INSTANCES")
+        }
+    }
+
     func testURLPrecedence() throws {
         let both = try Config(environment: ["RESPOOL_URL": "redis://a:1", "REDIS_URL": "redis://b:2"])
         XCTAssertEqual(both.upstream.host, "a")
