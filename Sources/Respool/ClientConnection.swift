@@ -57,6 +57,15 @@ final class ClientConnection: Connection {
     var subscriptions: [Set<[UInt8]>] = [[], [], []]
     /// SUBSCRIBE requests whose confirmations wait for the server's.
     var pubsubPending = 0
+    /// Links of the janitor's activity list.
+    var activityPrev: Unmanaged<ClientConnection>?
+    var activityNext: Unmanaged<ClientConnection>?
+    var inActivityList = false
+
+    /// Clients the idle timeout never closes: subscribers, clients with replies due (blocked ones included) or
+    /// waiting for a connection or for their own earlier replies.
+    var isIdleTimeoutExempt: Bool { isSubscribed || inFlight > 0 || stall != .none || scanJob != nil }
+
     /// When this client began waiting for the pool (nil when it is not waiting).
     var waitStart: Double?
     /// A KEYS being answered by SCAN (RESPOOL_KEYS=scan).
@@ -92,6 +101,7 @@ final class ClientConnection: Connection {
         case .data(let n):
             proxy.stats.clientBytesIn &+= n
             lastActive = proxy.base.now()
+            if inActivityList { proxy.activity.touch(self) }
             process(UnsafeRawBufferPointer(start: scratch, count: n))
         case .wouldBlock:
             return
@@ -524,6 +534,11 @@ final class ClientConnection: Connection {
     func replyDelivered() {
         inFlight -= 1
         if inFlight == 0 {
+            if inActivityList {
+                // A reply is activity too (as redis counts it): a client that was blocked is idle from now on.
+                lastActive = proxy.base.now()
+                proxy.activity.touch(self)
+            }
             if lease == nil {
                 upstream = nil
             } else if !holdsState && !isClosed {
@@ -621,6 +636,7 @@ final class ClientConnection: Connection {
         if stall == .pool { proxy.pool.removeWaiter(self) }
         stall = .none
         unsubscribeAll()
+        proxy.activity.remove(self)
         if lease != nil {
             // A blocked or transactional lease is not returned with state on it: endLease closes its connection,
             // which also drops (and answers nobody for) this client's in-flight commands.

@@ -318,6 +318,11 @@ final class Pool: EventHandler {
         if tag == 1 { expireWaiters() } else { keepWarm() }
     }
 
+    /// Clients holding a lease (at most the cap).
+    func leaseHolders() -> [ClientConnection] {
+        upstreams.compactMap { $0.leasedTo?.takeUnretainedValue() }
+    }
+
     // MARK: waiters
 
     func addWaiter(_ c: ClientConnection) {

@@ -19,6 +19,8 @@ struct Stats {
     var leasesGranted = 0
     var pubsubSubscribes = 0
     var waitTimeouts = 0
+    var idleTimeouts = 0
+    var transactionIdleTimeouts = 0
     var keysSeen = 0
     var keysDenied = 0
     var keysScanned = 0
@@ -70,6 +72,7 @@ public final class Proxy: AcceptHandler {
         super.init()
         pool = Pool(proxy: self, cap: config.maxServerConnections)
         signalHandler = SignalHandler(proxy: self)
+        janitor = Janitor(proxy: self)
     }
 
     deinit { scratch.deallocate() }
@@ -96,6 +99,10 @@ public final class Proxy: AcceptHandler {
         meta["name"] = "\(config.namePrefix)"
         meta["client_auth"] = "\(config.clientPassword == nil ? "off" : "required")"
         meta["backend"] = "\(base.backendName)"
+        try janitor.start()
+        meta["client_idle_timeout"] = "\(config.clientIdleTimeout)s"
+        meta["transaction_idle_timeout"] = "\(config.transactionIdleTimeout)s"
+        meta["wait_timeout"] = "\(config.waitTimeout)s"
         pool.keepWarm()
         logger.info("respool started", metadata: meta)
 
@@ -156,6 +163,7 @@ public final class Proxy: AcceptHandler {
             return
         }
         clients[c.id] = c
+        if janitor.enabled { activity.append(c) }
         openClients += 1
         stats.clientsAccepted &+= 1
     }
@@ -178,6 +186,9 @@ public final class Proxy: AcceptHandler {
     }
 
     private var hubs: [Int: PubSubHub] = [:]
+    var activity = ActivityList()
+    private var janitor: Janitor!
+    var clientCount: Int { openClients }
     var keysWarnedAt = -1_000_000.0
     var keysSinceWarning = 0
 

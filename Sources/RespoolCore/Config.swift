@@ -44,6 +44,10 @@ public struct Config: Equatable, Sendable {
     public var capSource: String
     /// Seconds a client may wait for a connection to lease (or for the pool) before it gets an error.
     public var waitTimeout: Double
+    /// Seconds of inactivity after which a client is closed (0 = never).
+    public var clientIdleTimeout: Double
+    /// Seconds a client may sit idle inside MULTI or WATCH (holding a lease) before it is closed (0 = never).
+    public var transactionIdleTimeout: Double
     public var maxClients: Int
     public var namePrefix: String
     public var logLevel: LogLevelSetting
@@ -72,6 +76,10 @@ public struct Config: Equatable, Sendable {
               help: "Connections of the plan left free for consoles and one-off processes."),
         .init(variable: "RESPOOL_WAIT_TIMEOUT", flag: "wait-timeout", defaultText: "5",
               help: "Seconds a command may wait for an upstream connection (a lease when all are taken) before it gets an error; the client stays connected."),
+        .init(variable: "RESPOOL_CLIENT_IDLE_TIMEOUT", flag: "client-idle-timeout", defaultText: "300",
+              help: "Seconds after which an idle client is closed (0 = never), as hosted Redis does; never subscribers, blocked clients or clients waiting for a reply."),
+        .init(variable: "RESPOOL_TRANSACTION_IDLE_TIMEOUT", flag: "transaction-idle-timeout", defaultText: "60",
+              help: "Seconds a client may sit idle inside MULTI or WATCH, holding a leased connection, before it is closed and the transaction discarded (0 = never)."),
         .init(variable: "RESPOOL_MAX_CLIENTS", flag: "max-clients", defaultText: "10000",
               help: "Client connections accepted; past it a client gets -ERR max number of clients reached."),
         .init(variable: "RESPOOL_NAME", flag: "name", defaultText: "$DYNO, else the host name",
@@ -146,6 +154,8 @@ public struct Config: Equatable, Sendable {
             capSource = "floor((plan \(plan) - reserve \(reserve)) / instances \(instances))"
         }
         waitTimeout = try seconds("RESPOOL_WAIT_TIMEOUT", default: 5, allowZero: false)
+        clientIdleTimeout = try seconds("RESPOOL_CLIENT_IDLE_TIMEOUT", default: 300, allowZero: true)
+        transactionIdleTimeout = try seconds("RESPOOL_TRANSACTION_IDLE_TIMEOUT", default: 60, allowZero: true)
         maxClients = try integer("RESPOOL_MAX_CLIENTS", default: 10_000, range: 1...10_000_000)
         let rawName = value("RESPOOL_NAME") ?? value("DYNO") ?? hostName
         guard !rawName.utf8.contains(where: { $0 <= 32 || $0 >= 127 }) else {

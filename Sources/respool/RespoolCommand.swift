@@ -35,6 +35,8 @@ struct RespoolCommand: ParsableCommand {
     @Option(name: .customLong("instances"), help: help("RESPOOL_INSTANCES")) var instances: String?
     @Option(name: .customLong("reserve-connections"), help: help("RESPOOL_RESERVE_CONNECTIONS")) var reserveConnections: String?
     @Option(name: .customLong("wait-timeout"), help: help("RESPOOL_WAIT_TIMEOUT")) var waitTimeout: String?
+    @Option(name: .customLong("client-idle-timeout"), help: help("RESPOOL_CLIENT_IDLE_TIMEOUT")) var clientIdleTimeout: String?
+    @Option(name: .customLong("transaction-idle-timeout"), help: help("RESPOOL_TRANSACTION_IDLE_TIMEOUT")) var transactionIdleTimeout: String?
     @Option(name: .customLong("name"), help: help("RESPOOL_NAME")) var name: String?
     @Option(name: .customLong("log-level"), help: help("RESPOOL_LOG_LEVEL")) var logLevel: String?
     @Option(name: .customLong("connect-timeout"), help: help("RESPOOL_CONNECT_TIMEOUT")) var connectTimeout: String?
@@ -63,6 +65,7 @@ struct RespoolCommand: ParsableCommand {
             ("RESPOOL_CLIENT_PASSWORD", clientPassword), ("RESPOOL_KEYS", keys),
             ("RESPOOL_PLAN_MAX_CONNECTIONS", planMaxConnections), ("RESPOOL_INSTANCES", instances),
             ("RESPOOL_RESERVE_CONNECTIONS", reserveConnections), ("RESPOOL_WAIT_TIMEOUT", waitTimeout),
+            ("RESPOOL_CLIENT_IDLE_TIMEOUT", clientIdleTimeout), ("RESPOOL_TRANSACTION_IDLE_TIMEOUT", transactionIdleTimeout),
         ]
         for (variable, value) in flags { if let value { env[variable] = value } }
         return env

@@ -1,0 +1,56 @@
+// The janitor's timeouts: idle clients are closed, but never subscribers, blocked clients or clients waiting for a
+// reply; a client idle inside MULTI is closed after the transaction idle timeout and its lease freed.
+import Foundation
+import RESP
+import XCTest
+
+final class TimeoutTests: IntegrationTestCase {
+    func testIdleTimeoutClosesOnlyIdleClients() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(redisArgs: ["--enable-debug-command", "yes"],
+                                env: ["RESPOOL_CLIENT_IDLE_TIMEOUT": "1", "RESPOOL_MAX_SERVER_CONNECTIONS": "4"]) { _, respool in
+            let p = keyPrefix()
+            let idle = try respool.client()
+            assertReply(try idle.command("PING"), Reply.pong)
+            let subscriber = try respool.client()
+            assertReply(try subscriber.command("SUBSCRIBE", "\(p)ch"), .array([Reply.bulk("subscribe"), Reply.bulk("\(p)ch"), Reply.int(1)]))
+            let blocked = try respool.client(timeout: 10)
+            try blocked.sendCommand(["BLPOP", "\(p)list", "0"])
+            let sleeper = try respool.client(timeout: 10)
+            try sleeper.sendCommand(["DEBUG", "SLEEP", "2.5"])
+            let busy = try respool.client()
+            let t0 = monotonicNow()
+            while monotonicNow() - t0 < 3.2 {
+                assertReply(try busy.command("PING"), Reply.pong, "a client active every 0.3s")
+                sleepSeconds(0.3)
+            }
+            XCTAssertEqual(idle.waitForClose(timeout: 1), .closed(reset: false), "the idle client is closed")
+            assertReply(try sleeper.readValue(), Reply.ok, "the client waiting 2.5s for a reply got it")
+            let pusher = try respool.client()
+            guard case .integer = try pusher.command("RPUSH", "\(p)list", "x") else { return XCTFail("RPUSH") }
+            assertReply(try blocked.readValue(), Reply.bulks(["\(p)list", "x"]), "the blocked client was kept")
+            assertReply(try pusher.command("PUBLISH", "\(p)ch", "m"), Reply.int(1), "the subscriber is still there")
+            assertReply(try subscriber.readValue(), Reply.bulks(["message", "\(p)ch", "m"]))
+            XCTAssertTrue(respool.stdoutText.contains("reason=idle_timeout"), "idle close logged with its reason")
+        }
+    }
+
+    func testTransactionIdleTimeoutFreesTheLease() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(env: ["RESPOOL_TRANSACTION_IDLE_TIMEOUT": "1", "RESPOOL_CLIENT_IDLE_TIMEOUT": "0",
+                                      "RESPOOL_MAX_SERVER_CONNECTIONS": "2", "RESPOOL_WAIT_TIMEOUT": "10"]) { _, respool in
+            let p = keyPrefix()
+            let a = try respool.client()
+            assertReply(try a.command("MULTI"), Reply.ok)
+            assertReply(try a.command("SET", "\(p)k", "never"), Reply.simple("QUEUED"))
+            // The only lease is A's: B waits for it until A's transaction idles out.
+            let b = try respool.client(timeout: 10)
+            let t0 = monotonicNow()
+            assertReply(try b.command("BLPOP", "\(p)l", "0.1"), .array(nil), "B leases once A is closed")
+            XCTAssertGreaterThan(monotonicNow() - t0, 0.5)
+            XCTAssertEqual(a.waitForClose(timeout: 2), .closed(reset: false), "A was closed")
+            assertReply(try b.command("EXISTS", "\(p)k"), Reply.int(0), "A's transaction was discarded")
+            XCTAssertTrue(respool.stdoutText.contains("reason=transaction_idle_timeout"))
+        }
+    }
+}
