@@ -66,6 +66,11 @@ final class ClientConnection: Connection {
     /// waiting for a connection or for their own earlier replies.
     var isIdleTimeoutExempt: Bool { isSubscribed || inFlight > 0 || stall != .none || scanJob != nil }
 
+    /// Over the output limit: closed after this iteration, nothing more is queued for it.
+    var doomed = false
+    /// Since when the output has been above the soft limit.
+    var softLimitSince: Double?
+
     /// When this client began waiting for the pool (nil when it is not waiting).
     var waitStart: Double?
     /// A KEYS being answered by SCAN (RESPOOL_KEYS=scan).
@@ -558,6 +563,7 @@ final class ClientConnection: Connection {
     /// chain to allocate and free), else appended to `out` for the flush after this loop iteration.
     @inline(__always)
     func deliver(_ p: UnsafeRawPointer, count: Int) {
+        if doomed { return }
         if out.isEmpty {
             let n = Socket.write(fd, p, count: count)
             if n == count {
@@ -574,6 +580,28 @@ final class ClientConnection: Connection {
             out.append(p, count: count)
         }
         markDirty()
+        checkOutputLimit()
+    }
+
+    /// Redis's client-output-buffer-limit for a client that does not read its replies: past the hard limit, or past
+    /// the soft limit for longer than its seconds, the client is closed (after this loop iteration) and its replies
+    /// dropped, so respool's memory stays bounded while other clients carry on.
+    func checkOutputLimit() {
+        let n = out.count
+        let config = proxy.config
+        if n <= config.outputSoftLimit {
+            softLimitSince = nil
+            return
+        }
+        let now = proxy.base.now()
+        if n > config.outputHardLimit || (softLimitSince.map { now - $0 >= config.outputSoftSeconds } ?? false) {
+            doomed = true
+            proxy.stats.outputLimitCloses &+= 1
+            proxy.logger.warning("client closed", metadata: ["client.id": "\(id)", "reason": "output_limit", "pending_bytes": "\(n)"])
+            proxy.scheduleClose(self, reason: "output_limit")
+        } else if softLimitSince == nil {
+            softLimitSince = now
+        }
     }
 
     func reply(_ bytes: [UInt8]) {
@@ -609,6 +637,7 @@ final class ClientConnection: Connection {
     override var canWrite: Bool { true }
 
     override func drained() {
+        softLimitSince = nil
         if closeAfterFlush && inFlight == 0 {
             if let e = pendingProtocolError {
                 pendingProtocolError = nil

@@ -20,6 +20,7 @@ struct Stats {
     var pubsubSubscribes = 0
     var waitTimeouts = 0
     var idleTimeouts = 0
+    var outputLimitCloses = 0
     var transactionIdleTimeouts = 0
     var keysSeen = 0
     var keysDenied = 0
@@ -117,6 +118,11 @@ public final class Proxy: AcceptHandler {
     /// Work done once per loop iteration: resume stalled clients, write every dirty connection once, free the closed.
     @inline(__always)
     private func afterIteration() {
+        if !pendingCloses.isEmpty {
+            let closes = pendingCloses
+            pendingCloses.removeAll()
+            for (c, reason) in closes { c.close(reason: reason) }
+        }
         if !resumes.isEmpty {
             let r = resumes
             resumes.removeAll(keepingCapacity: true)
@@ -127,6 +133,13 @@ public final class Proxy: AcceptHandler {
         }
         if !graveyard.isEmpty { graveyard.removeAll(keepingCapacity: true) }
         if shuttingDown { checkShutdownDone() }
+    }
+
+    private var pendingCloses: [(ClientConnection, String)] = []
+
+    /// Closes a client after the current callbacks (never inside an upstream's reply loop).
+    func scheduleClose(_ c: ClientConnection, reason: String) {
+        pendingCloses.append((c, reason))
     }
 
     func scheduleResume(_ c: ClientConnection) {

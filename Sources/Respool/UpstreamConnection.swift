@@ -282,9 +282,14 @@ final class UpstreamConnection: Connection {
                     } else {
                         let frameBytes = base + fs
                         client._withUnsafeGuaranteedRef {
-                            $0.out.appendAll(of: partial)
-                            $0.out.append(frameBytes, count: end - fs)
-                            $0.markDirty()
+                            if $0.doomed {
+                                partial.removeAll()
+                            } else {
+                                $0.out.appendAll(of: partial)
+                                $0.out.append(frameBytes, count: end - fs)
+                                $0.markDirty()
+                                $0.checkOutputLimit()
+                            }
                         }
                     }
                 } else if let rc = runClient, rc.toOpaque() == client.toOpaque() {
@@ -320,13 +325,14 @@ final class UpstreamConnection: Connection {
         client._withUnsafeGuaranteedRef { c in
             if partialFirst && !partial.isEmpty {
                 streamed += partial.count
-                if c.isClosed { partial.removeAll() } else {
+                if c.isClosed || c.doomed { partial.removeAll() } else {
                     c.out.appendAll(of: partial)
                     c.markDirty()
+                    c.checkOutputLimit()
                 }
             }
             streamed += count
-            if !c.isClosed { c.deliver(p, count: count) }
+            if !c.isClosed { c.deliver(p, count: count) }   // deliver checks the output limit
         }
     }
 

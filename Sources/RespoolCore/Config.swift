@@ -44,6 +44,11 @@ public struct Config: Equatable, Sendable {
     public var capSource: String
     /// Seconds a client may wait for a connection to lease (or for the pool) before it gets an error.
     public var waitTimeout: Double
+    /// Output a client may have queued (unread replies) before it is closed: hard limit, and soft limit held for
+    /// `outputSoftSeconds` (redis's client-output-buffer-limit normal class, made finite).
+    public var outputHardLimit: Int
+    public var outputSoftLimit: Int
+    public var outputSoftSeconds: Double
     /// Seconds of inactivity after which a client is closed (0 = never).
     public var clientIdleTimeout: Double
     /// Seconds a client may sit idle inside MULTI or WATCH (holding a lease) before it is closed (0 = never).
@@ -80,6 +85,12 @@ public struct Config: Equatable, Sendable {
               help: "Seconds after which an idle client is closed (0 = never), as hosted Redis does; never subscribers, blocked clients or clients waiting for a reply."),
         .init(variable: "RESPOOL_TRANSACTION_IDLE_TIMEOUT", flag: "transaction-idle-timeout", defaultText: "60",
               help: "Seconds a client may sit idle inside MULTI or WATCH, holding a leased connection, before it is closed and the transaction discarded (0 = never)."),
+        .init(variable: "RESPOOL_CLIENT_OUTPUT_LIMIT", flag: "client-output-limit", defaultText: "64mb",
+              help: "Replies a client may leave unread before it is closed (bytes, or with kb/mb/gb)."),
+        .init(variable: "RESPOOL_CLIENT_OUTPUT_SOFT_LIMIT", flag: "client-output-soft-limit", defaultText: "16mb",
+              help: "Unread replies a client may keep for RESPOOL_CLIENT_OUTPUT_SOFT_SECONDS before it is closed."),
+        .init(variable: "RESPOOL_CLIENT_OUTPUT_SOFT_SECONDS", flag: "client-output-soft-seconds", defaultText: "60",
+              help: "Seconds a client may stay above the soft output limit."),
         .init(variable: "RESPOOL_MAX_CLIENTS", flag: "max-clients", defaultText: "10000",
               help: "Client connections accepted; past it a client gets -ERR max number of clients reached."),
         .init(variable: "RESPOOL_NAME", flag: "name", defaultText: "$DYNO, else the host name",
@@ -154,6 +165,23 @@ public struct Config: Equatable, Sendable {
             capSource = "floor((plan \(plan) - reserve \(reserve)) / instances \(instances))"
         }
         waitTimeout = try seconds("RESPOOL_WAIT_TIMEOUT", default: 5, allowZero: false)
+        func bytes(_ name: String, default d: Int) throws(ConfigError) -> Int {
+            guard let text = value(name)?.lowercased() else { return d }
+            let units: [(String, Int)] = [("gb", 1 << 30), ("mb", 1 << 20), ("kb", 1 << 10), ("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10), ("b", 1)]
+            var number = Substring(text)
+            var multiplier = 1
+            if let (suffix, m) = units.first(where: { text.hasSuffix($0.0) }) {
+                number = number.dropLast(suffix.count)
+                multiplier = m
+            }
+            guard let v = Int(number.trimmingCharacters()), v > 0, v <= Int(Int32.max) * 16 / multiplier else {
+                throw ConfigError(variable: name, message: "must be a size in bytes, optionally with kb, mb or gb, got \"\(text.prefix(40))\"")
+            }
+            return v * multiplier
+        }
+        outputHardLimit = try bytes("RESPOOL_CLIENT_OUTPUT_LIMIT", default: 64 << 20)
+        outputSoftLimit = try bytes("RESPOOL_CLIENT_OUTPUT_SOFT_LIMIT", default: 16 << 20)
+        outputSoftSeconds = try seconds("RESPOOL_CLIENT_OUTPUT_SOFT_SECONDS", default: 60, allowZero: true)
         clientIdleTimeout = try seconds("RESPOOL_CLIENT_IDLE_TIMEOUT", default: 300, allowZero: true)
         transactionIdleTimeout = try seconds("RESPOOL_TRANSACTION_IDLE_TIMEOUT", default: 60, allowZero: true)
         maxClients = try integer("RESPOOL_MAX_CLIENTS", default: 10_000, range: 1...10_000_000)
@@ -190,6 +218,10 @@ public struct Config: Equatable, Sendable {
             throw ConfigError(variable: upstreamSource, message: "database \(upstream.db) is not below RESPOOL_DATABASES (\(databases))")
         }
     }
+}
+
+extension Substring {
+    func trimmingCharacters() -> String { String(self).trimmingSpaces }
 }
 
 extension String {

@@ -36,6 +36,9 @@ struct RespoolCommand: ParsableCommand {
     @Option(name: .customLong("reserve-connections"), help: help("RESPOOL_RESERVE_CONNECTIONS")) var reserveConnections: String?
     @Option(name: .customLong("wait-timeout"), help: help("RESPOOL_WAIT_TIMEOUT")) var waitTimeout: String?
     @Option(name: .customLong("client-idle-timeout"), help: help("RESPOOL_CLIENT_IDLE_TIMEOUT")) var clientIdleTimeout: String?
+    @Option(name: .customLong("client-output-limit"), help: help("RESPOOL_CLIENT_OUTPUT_LIMIT")) var clientOutputLimit: String?
+    @Option(name: .customLong("client-output-soft-limit"), help: help("RESPOOL_CLIENT_OUTPUT_SOFT_LIMIT")) var clientOutputSoftLimit: String?
+    @Option(name: .customLong("client-output-soft-seconds"), help: help("RESPOOL_CLIENT_OUTPUT_SOFT_SECONDS")) var clientOutputSoftSeconds: String?
     @Option(name: .customLong("transaction-idle-timeout"), help: help("RESPOOL_TRANSACTION_IDLE_TIMEOUT")) var transactionIdleTimeout: String?
     @Option(name: .customLong("name"), help: help("RESPOOL_NAME")) var name: String?
     @Option(name: .customLong("log-level"), help: help("RESPOOL_LOG_LEVEL")) var logLevel: String?
@@ -65,7 +68,8 @@ struct RespoolCommand: ParsableCommand {
             ("RESPOOL_CLIENT_PASSWORD", clientPassword), ("RESPOOL_KEYS", keys),
             ("RESPOOL_PLAN_MAX_CONNECTIONS", planMaxConnections), ("RESPOOL_INSTANCES", instances),
             ("RESPOOL_RESERVE_CONNECTIONS", reserveConnections), ("RESPOOL_WAIT_TIMEOUT", waitTimeout),
-            ("RESPOOL_CLIENT_IDLE_TIMEOUT", clientIdleTimeout), ("RESPOOL_TRANSACTION_IDLE_TIMEOUT", transactionIdleTimeout),
+            ("RESPOOL_CLIENT_IDLE_TIMEOUT", clientIdleTimeout), ("RESPOOL_CLIENT_OUTPUT_LIMIT", clientOutputLimit),
+            ("RESPOOL_CLIENT_OUTPUT_SOFT_LIMIT", clientOutputSoftLimit), ("RESPOOL_CLIENT_OUTPUT_SOFT_SECONDS", clientOutputSoftSeconds), ("RESPOOL_TRANSACTION_IDLE_TIMEOUT", transactionIdleTimeout),
         ]
         for (variable, value) in flags { if let value { env[variable] = value } }
         return env

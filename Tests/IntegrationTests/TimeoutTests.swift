@@ -53,4 +53,42 @@ final class TimeoutTests: IntegrationTestCase {
             XCTAssertTrue(respool.stdoutText.contains("reason=transaction_idle_timeout"))
         }
     }
+
+    /// A client that pipelines GETs of a 1 MB value and never reads: past RESPOOL_CLIENT_OUTPUT_LIMIT it is closed,
+    /// respool's memory stays bounded, and another client is served throughout.
+    func testClientThatNeverReadsIsClosedAtTheOutputLimit() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(env: ["RESPOOL_CLIENT_OUTPUT_LIMIT": "8mb", "RESPOOL_CLIENT_OUTPUT_SOFT_LIMIT": "4mb",
+                                      "RESPOOL_MAX_SERVER_CONNECTIONS": "2"]) { _, respool in
+            let p = keyPrefix()
+            let setup = try respool.client()
+            var rng = SeededRandom(seed: 7)
+            let value = rng.bytes(1 << 20)
+            assertReply(try setup.command(bytes: [Array("SET".utf8), Array("\(p)big".utf8), value]), Reply.ok)
+            let reader = try respool.client(timeout: 5)
+            let hog = try respool.client(timeout: 5)
+            var payload: [UInt8] = []
+            for _ in 0..<200 { payload += RESPWriter.command(["GET", "\(p)big"]) }   // 200 MB of replies
+            let write = hog.sendInBackground(payload)
+            for i in 0..<20 {
+                assertReply(try reader.command("ECHO", "r\(i)"), Reply.bulk("r\(i)"), "another client while the hog does not read")
+                sleepSeconds(0.05)
+            }
+            _ = write
+            var closed = false
+            let deadline = monotonicNow() + 10
+            while monotonicNow() < deadline && !closed {
+                closed = respool.stdoutText.contains("reason=output_limit")
+                sleepSeconds(0.05)
+            }
+            XCTAssertTrue(closed, "the client that never reads was not closed for its output")
+            if let pid = respool.process?.pid,
+               let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+               let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+               let kb = Int(line.split(separator: " ").dropFirst().first { !$0.isEmpty } ?? "") {
+                XCTAssertLessThan(kb, 120_000, "respool's RSS after 200 MB of unread replies: \(kb) kB")
+            }
+            assertReply(try reader.command("PING"), Reply.pong)
+        }
+    }
 }
