@@ -52,14 +52,15 @@ final class Janitor: EventHandler {
     var enabled: Bool { proxy.config.clientIdleTimeout > 0 || proxy.config.transactionIdleTimeout > 0 }
 
     func start() throws(SystemError) {
-        guard enabled else { return }
         let t = try Timer(base: proxy.base, handler: self, repeating: true)
         t.schedule(after: 1)
         timer = t
     }
 
     override func handleEvent(_ what: Int16, tag: Int) {
-        sweep(now: proxy.base.now())
+        let now = proxy.base.now()
+        sweep(now: now)
+        proxy.pool.maintain(now: now)
     }
 
     func sweep(now: Double) {

@@ -55,7 +55,7 @@ final class Pool: EventHandler {
         var bestLoad = Int.max
         for um in live {
             let load = um._withUnsafeGuaranteedRef { u -> Int in
-                if u.proto != proto || u.db != db { return Int.max }
+                if u.proto != proto || u.db != db || u.retiring { return Int.max }
                 return u.state == .ready ? u.pending : u.pending + 1_000_000
             }
             if load < bestLoad {
@@ -217,7 +217,47 @@ final class Pool: EventHandler {
     }
 
     func becameIdle(_ u: UpstreamConnection) {
+        u.idleSince = proxy.base.now()
+        if u.retiring && !u.leased && u.hub == nil {
+            proxy.stats.upstreamRecycled &+= 1
+            u.closeIdle(reason: "lifetime")
+            keepWarm()
+            if !waiters.isEmpty { wakeWaiters() }
+            return
+        }
         if !waiters.isEmpty { wakeWaiters() }
+    }
+
+    /// Once a second (from the janitor): close shared connections idle past RESPOOL_SERVER_IDLE_TIMEOUT beyond the
+    /// minimum, recycle those older than RESPOOL_SERVER_LIFETIME once idle (never cutting in-flight work), PING those
+    /// idle for RESPOOL_SERVER_KEEPALIVE so neither the server's timeout nor a middlebox drops them unnoticed, and
+    /// open connections up to RESPOOL_MIN_SERVER_CONNECTIONS. O(cap).
+    func maintain(now: Double) {
+        guard !closing else { return }
+        let config = proxy.config
+        var shared = upstreams.filter { !$0.leased && $0.hub == nil }
+        for u in shared where config.serverLifetime > 0 && u.pending > 0 && now - u.createdAt >= config.serverLifetime {
+            u.retiring = true
+        }
+        for u in shared where u.state == .ready && u.pending == 0 {
+            let idle = now - u.idleSince
+            if config.serverIdleTimeout > 0 && idle >= config.serverIdleTimeout && shared.count > config.minServerConnections {
+                u.closeIdle(reason: "server_idle_timeout")
+                shared.removeAll { $0 === u }
+            } else if config.serverLifetime > 0 && now - u.createdAt >= config.serverLifetime {
+                proxy.stats.upstreamRecycled &+= 1
+                u.closeIdle(reason: "lifetime")
+                shared.removeAll { $0 === u }
+            } else if config.serverKeepalive > 0 && idle >= config.serverKeepalive {
+                u.ping()
+            }
+        }
+        var room = cap - upstreams.count
+        while shared.count < config.minServerConnections && room > 0 && now >= retryAt {
+            guard let u = open(proto: 2, db: config.upstream.db) else { break }
+            shared.append(u)
+            room -= 1
+        }
     }
 
     func learnServer(from value: RESPValue) {
@@ -299,10 +339,12 @@ final class Pool: EventHandler {
     /// Keeps one connection open (or being retried) so the first command after an outage does not pay for connecting
     /// and the log says when the server is back.
     func keepWarm() {
-        guard !closing, upstreams.isEmpty else { return }
+        guard !closing, upstreams.allSatisfy({ $0.leased || $0.hub != nil }) else { return }
         let now = proxy.base.now()
         if now >= retryAt {
-            open(proto: 2, db: proxy.config.upstream.db)
+            for _ in 0..<max(1, min(proxy.config.minServerConnections, cap - upstreams.count)) {
+                if open(proto: 2, db: proxy.config.upstream.db) == nil { break }
+            }
             if upstreams.isEmpty { scheduleRetry(after: max(0.01, retryAt - now)) }
         } else {
             scheduleRetry(after: retryAt - now)

@@ -21,6 +21,7 @@ struct Stats {
     var waitTimeouts = 0
     var idleTimeouts = 0
     var outputLimitCloses = 0
+    var upstreamRecycled = 0
     var transactionIdleTimeouts = 0
     var keysSeen = 0
     var keysDenied = 0
@@ -104,6 +105,9 @@ public final class Proxy: AcceptHandler {
         meta["client_idle_timeout"] = "\(config.clientIdleTimeout)s"
         meta["transaction_idle_timeout"] = "\(config.transactionIdleTimeout)s"
         meta["wait_timeout"] = "\(config.waitTimeout)s"
+        meta["min_server_connections"] = "\(config.minServerConnections)"
+        meta["server_idle_timeout"] = "\(config.serverIdleTimeout)s"
+        meta["server_lifetime"] = "\(config.serverLifetime)s"
         pool.keepWarm()
         logger.info("respool started", metadata: meta)
 

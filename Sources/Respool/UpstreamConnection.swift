@@ -15,7 +15,7 @@ final class UpstreamConnection: Connection {
         /// `silent`: a client's command whose reply it asked not to get (CLIENT REPLY OFF/SKIP): dropped on arrival.
         /// `scan`: one SCAN step of a client's KEYS answered by scanning (RESPOOL_KEYS=scan); consumed by respool.
         /// `commandTable`: the COMMAND reply that classifies module and newer commands (once per process).
-        enum Kind: UInt8 { case client, silent, scan, hello, select, retarget, commandTable }
+        enum Kind: UInt8 { case client, silent, scan, hello, select, retarget, commandTable, keepalive }
         var kind: Kind
         var client: Unmanaged<ClientConnection>?
     }
@@ -56,6 +56,7 @@ final class UpstreamConnection: Connection {
         self.db = db
         framer = ReplyFramer(limits: proxy.upstreamLimits)
         createdAt = proxy.base.now()
+        idleSince = createdAt
         super.init(proxy: proxy, fd: fd)
     }
 
@@ -92,6 +93,19 @@ final class UpstreamConnection: Connection {
         out.append(RESPWriter.command(["CLIENT", "SETNAME", name]))
         fifo.append(Entry(kind: .retarget, client: nil))
         serverName = name
+        markDirty()
+    }
+
+    /// When the FIFO last became empty (for the idle and keepalive rules).
+    var idleSince = 0.0
+    /// Past its lifetime with work in flight: no new client is given it; closed once its FIFO drains.
+    var retiring = false
+
+    /// A keepalive PING, checked and swallowed; its reply makes the connection idle again from now.
+    func ping() {
+        out.append(RESPWriter.command(["PING"]))
+        fifo.append(Entry(kind: .keepalive, client: nil))
+        idleSince = proxy.base.now()
         markDirty()
     }
 
@@ -355,6 +369,7 @@ final class UpstreamConnection: Connection {
             switch kind {
             case .hello: fail(reason: "handshake failed: \(text)", handshake: true)
             case .select: fail(reason: "SELECT \(db) failed: \(text)", handshake: true)
+            case .keepalive: fail(reason: "keepalive PING failed: \(text)")
             default: fail(reason: "switching protocol or database failed: \(text)")
             }
             return false

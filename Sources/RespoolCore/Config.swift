@@ -49,6 +49,14 @@ public struct Config: Equatable, Sendable {
     public var outputHardLimit: Int
     public var outputSoftLimit: Int
     public var outputSoftSeconds: Double
+    /// Shared upstream connections kept open (opened at start-up).
+    public var minServerConnections: Int
+    /// Seconds after which an idle shared connection beyond the minimum is closed (0 = never).
+    public var serverIdleTimeout: Double
+    /// Seconds after which a connection is replaced once idle (0 = never).
+    public var serverLifetime: Double
+    /// Seconds of idleness after which a pooled connection is PINGed (0 = never).
+    public var serverKeepalive: Double
     /// Seconds of inactivity after which a client is closed (0 = never).
     public var clientIdleTimeout: Double
     /// Seconds a client may sit idle inside MULTI or WATCH (holding a lease) before it is closed (0 = never).
@@ -91,6 +99,14 @@ public struct Config: Equatable, Sendable {
               help: "Unread replies a client may keep for RESPOOL_CLIENT_OUTPUT_SOFT_SECONDS before it is closed."),
         .init(variable: "RESPOOL_CLIENT_OUTPUT_SOFT_SECONDS", flag: "client-output-soft-seconds", defaultText: "60",
               help: "Seconds a client may stay above the soft output limit."),
+        .init(variable: "RESPOOL_MIN_SERVER_CONNECTIONS", flag: "min-server-connections", defaultText: "1",
+              help: "Shared upstream connections kept open, opened at start-up so the first request does not pay for connecting."),
+        .init(variable: "RESPOOL_SERVER_IDLE_TIMEOUT", flag: "server-idle-timeout", defaultText: "120",
+              help: "Seconds after which a shared upstream connection idle beyond the minimum is closed (0 = never); below hosted Redis's 300 s idle kill."),
+        .init(variable: "RESPOOL_SERVER_LIFETIME", flag: "server-lifetime", defaultText: "3600",
+              help: "Seconds after which an upstream connection is replaced, once it is idle (0 = never)."),
+        .init(variable: "RESPOOL_SERVER_KEEPALIVE", flag: "server-keepalive", defaultText: "60",
+              help: "Seconds of idleness after which a pooled connection is checked with PING (0 = never), so a server-side idle timeout never kills it unnoticed."),
         .init(variable: "RESPOOL_MAX_CLIENTS", flag: "max-clients", defaultText: "10000",
               help: "Client connections accepted; past it a client gets -ERR max number of clients reached."),
         .init(variable: "RESPOOL_NAME", flag: "name", defaultText: "$DYNO, else the host name",
@@ -183,6 +199,13 @@ public struct Config: Equatable, Sendable {
         outputSoftLimit = try bytes("RESPOOL_CLIENT_OUTPUT_SOFT_LIMIT", default: 16 << 20)
         outputSoftSeconds = try seconds("RESPOOL_CLIENT_OUTPUT_SOFT_SECONDS", default: 60, allowZero: true)
         clientIdleTimeout = try seconds("RESPOOL_CLIENT_IDLE_TIMEOUT", default: 300, allowZero: true)
+        minServerConnections = try integer("RESPOOL_MIN_SERVER_CONNECTIONS", default: 1, range: 0...100_000)
+        if minServerConnections > maxServerConnections {
+            throw ConfigError(variable: "RESPOOL_MIN_SERVER_CONNECTIONS", message: "must not exceed the cap (\(maxServerConnections))")
+        }
+        serverIdleTimeout = try seconds("RESPOOL_SERVER_IDLE_TIMEOUT", default: 120, allowZero: true)
+        serverLifetime = try seconds("RESPOOL_SERVER_LIFETIME", default: 3600, allowZero: true)
+        serverKeepalive = try seconds("RESPOOL_SERVER_KEEPALIVE", default: 60, allowZero: true)
         transactionIdleTimeout = try seconds("RESPOOL_TRANSACTION_IDLE_TIMEOUT", default: 60, allowZero: true)
         maxClients = try integer("RESPOOL_MAX_CLIENTS", default: 10_000, range: 1...10_000_000)
         let rawName = value("RESPOOL_NAME") ?? value("DYNO") ?? hostName

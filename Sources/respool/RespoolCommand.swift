@@ -36,6 +36,10 @@ struct RespoolCommand: ParsableCommand {
     @Option(name: .customLong("reserve-connections"), help: help("RESPOOL_RESERVE_CONNECTIONS")) var reserveConnections: String?
     @Option(name: .customLong("wait-timeout"), help: help("RESPOOL_WAIT_TIMEOUT")) var waitTimeout: String?
     @Option(name: .customLong("client-idle-timeout"), help: help("RESPOOL_CLIENT_IDLE_TIMEOUT")) var clientIdleTimeout: String?
+    @Option(name: .customLong("min-server-connections"), help: help("RESPOOL_MIN_SERVER_CONNECTIONS")) var minServerConnections: String?
+    @Option(name: .customLong("server-idle-timeout"), help: help("RESPOOL_SERVER_IDLE_TIMEOUT")) var serverIdleTimeout: String?
+    @Option(name: .customLong("server-lifetime"), help: help("RESPOOL_SERVER_LIFETIME")) var serverLifetime: String?
+    @Option(name: .customLong("server-keepalive"), help: help("RESPOOL_SERVER_KEEPALIVE")) var serverKeepalive: String?
     @Option(name: .customLong("client-output-limit"), help: help("RESPOOL_CLIENT_OUTPUT_LIMIT")) var clientOutputLimit: String?
     @Option(name: .customLong("client-output-soft-limit"), help: help("RESPOOL_CLIENT_OUTPUT_SOFT_LIMIT")) var clientOutputSoftLimit: String?
     @Option(name: .customLong("client-output-soft-seconds"), help: help("RESPOOL_CLIENT_OUTPUT_SOFT_SECONDS")) var clientOutputSoftSeconds: String?
@@ -68,7 +72,9 @@ struct RespoolCommand: ParsableCommand {
             ("RESPOOL_CLIENT_PASSWORD", clientPassword), ("RESPOOL_KEYS", keys),
             ("RESPOOL_PLAN_MAX_CONNECTIONS", planMaxConnections), ("RESPOOL_INSTANCES", instances),
             ("RESPOOL_RESERVE_CONNECTIONS", reserveConnections), ("RESPOOL_WAIT_TIMEOUT", waitTimeout),
-            ("RESPOOL_CLIENT_IDLE_TIMEOUT", clientIdleTimeout), ("RESPOOL_CLIENT_OUTPUT_LIMIT", clientOutputLimit),
+            ("RESPOOL_CLIENT_IDLE_TIMEOUT", clientIdleTimeout), ("RESPOOL_MIN_SERVER_CONNECTIONS", minServerConnections),
+            ("RESPOOL_SERVER_IDLE_TIMEOUT", serverIdleTimeout), ("RESPOOL_SERVER_LIFETIME", serverLifetime),
+            ("RESPOOL_SERVER_KEEPALIVE", serverKeepalive), ("RESPOOL_CLIENT_OUTPUT_LIMIT", clientOutputLimit),
             ("RESPOOL_CLIENT_OUTPUT_SOFT_LIMIT", clientOutputSoftLimit), ("RESPOOL_CLIENT_OUTPUT_SOFT_SECONDS", clientOutputSoftSeconds), ("RESPOOL_TRANSACTION_IDLE_TIMEOUT", transactionIdleTimeout),
         ]
         for (variable, value) in flags { if let value { env[variable] = value } }

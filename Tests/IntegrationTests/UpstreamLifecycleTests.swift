@@ -1,0 +1,83 @@
+// The life of upstream connections: the minimum opened at start-up, idle ones beyond it closed, old ones recycled
+// under load without one failed command, idle ones kept alive by PING so a server-side idle timeout never bites.
+import Foundation
+import RESP
+import XCTest
+
+final class UpstreamLifecycleTests: IntegrationTestCase {
+    private func poolConnections(_ redis: RedisServer, _ name: String) throws -> [String] {
+        let list = try redis.client().command("CLIENT", "LIST").string ?? ""
+        return list.split(separator: "\n").map(String.init).filter { $0.contains("name=\(name):pool") }
+    }
+
+    private func ids(_ lines: [String]) -> Set<String> {
+        Set(lines.compactMap { $0.split(separator: " ").first { $0.hasPrefix("id=") }.map(String.init) })
+    }
+
+    func testMinimumOpenedAndIdleConnectionsClosed() throws {
+        try requireRealRespool()
+        let name = "itmin\(getpid())"
+        try withRedisAndRespool(env: ["RESPOOL_NAME": name, "RESPOOL_MIN_SERVER_CONNECTIONS": "2", "RESPOOL_MAX_SERVER_CONNECTIONS": "5",
+                                      "RESPOOL_SERVER_IDLE_TIMEOUT": "1"]) { redis, respool in
+            var lines: [String] = []
+            for _ in 0..<50 {
+                lines = try poolConnections(redis, name)
+                if lines.count == 2 { break }
+                sleepSeconds(0.05)
+            }
+            XCTAssertEqual(lines.count, 2, "RESPOOL_MIN_SERVER_CONNECTIONS opened at start-up: \(lines)")
+            let endpoint = respool.endpoint
+            let failures = FailureLog()
+            runThreads(20, timeout: 60, failures: failures) { t in
+                let c = try TestClient(endpoint, timeout: 10)
+                for i in 0..<200 {
+                    let r = try c.pipeline([["SET", "k\(t)", "\(i)"], ["GET", "k\(t)"]])
+                    if r != [Reply.ok, Reply.bulk("\(i)")] { failures.record("\(t) \(i): \(r.map { show($0) })"); return }
+                }
+            }
+            XCTAssertEqual(failures.count, 0, failures.summary)
+            XCTAssertGreaterThan(try poolConnections(redis, name).count, 2, "the pool grew under load")
+            sleepSeconds(2.6)
+            XCTAssertEqual(try poolConnections(redis, name).count, 2, "idle connections beyond the minimum closed")
+        }
+    }
+
+    func testLifetimeRecyclesConnectionsWithoutFailingCommands() throws {
+        try requireRealRespool()
+        let name = "itlife\(getpid())"
+        try withRedisAndRespool(env: ["RESPOOL_NAME": name, "RESPOOL_MAX_SERVER_CONNECTIONS": "3", "RESPOOL_SERVER_LIFETIME": "1"]) { redis, respool in
+            let before = ids(try poolConnections(redis, name))
+            let endpoint = respool.endpoint
+            let failures = FailureLog()
+            let start = monotonicNow()
+            runThreads(10, timeout: 60, failures: failures) { t in
+                let c = try TestClient(endpoint, timeout: 10)
+                var i = 0
+                while monotonicNow() - start < 3 {
+                    let r = try c.pipeline([["INCR", "n\(t)"], ["GET", "n\(t)"]])
+                    i += 1
+                    if r != [Reply.int(i), Reply.bulk("\(i)")] { failures.record("\(t) #\(i): \(r.map { show($0) })"); return }
+                }
+            }
+            XCTAssertEqual(failures.count, 0, failures.summary)
+            let after = ids(try poolConnections(redis, name))
+            XCTAssertTrue(before.isDisjoint(with: after), "connections older than the lifetime were replaced: \(before) -> \(after)")
+            XCTAssertLessThanOrEqual(after.count, 3)
+        }
+    }
+
+    func testKeepalivePingOutlivesTheServersIdleTimeout() throws {
+        try requireRealRespool()
+        let name = "itka\(getpid())"
+        try withRedisAndRespool(redisArgs: ["--timeout", "2"],
+                                env: ["RESPOOL_NAME": name, "RESPOOL_SERVER_KEEPALIVE": "0.5", "RESPOOL_MAX_SERVER_CONNECTIONS": "2"]) { redis, respool in
+            let c = try respool.client()
+            assertReply(try c.command("SET", "k", "v"), Reply.ok)
+            let before = ids(try poolConnections(redis, name))
+            sleepSeconds(4)
+            assertReply(try c.command("GET", "k"), Reply.bulk("v"), "first command after 4s idle")
+            XCTAssertEqual(ids(try poolConnections(redis, name)), before, "the pooled connection survived the server's 2s timeout")
+            XCTAssertFalse(respool.stdoutText.contains("upstream connection lost"), respool.stdoutText)
+        }
+    }
+}
