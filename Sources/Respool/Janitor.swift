@@ -53,7 +53,8 @@ final class Janitor: EventHandler {
 
     func start() throws(SystemError) {
         let t = try Timer(base: proxy.base, handler: self, repeating: true)
-        t.schedule(after: 1)
+        let ct = proxy.config.commandTimeout
+        t.schedule(after: ct > 0 ? min(1, max(0.05, ct / 4)) : 1)
         timer = t
     }
 

@@ -236,6 +236,16 @@ final class Pool: EventHandler {
         guard !closing else { return }
         let config = proxy.config
         var shared = upstreams.filter { !$0.leased && $0.hub == nil }
+        if config.commandTimeout > 0 {
+            // A reply that does not come in time: the connection's reply stream can no longer be trusted (a late
+            // reply must never reach the next client), so it is closed and everything in flight on it answered.
+            for u in shared where u.state == .ready && u.pending > 0 && now - u.headSince >= config.commandTimeout {
+                proxy.stats.commandTimeouts &+= 1
+                let t = config.commandTimeout
+                u.fail(reason: "command timed out after \(t == t.rounded() ? String(Int(t)) : String(t))s")
+            }
+            shared.removeAll { $0.isClosed }
+        }
         for u in shared where config.serverLifetime > 0 && u.pending > 0 && now - u.createdAt >= config.serverLifetime {
             u.retiring = true
         }

@@ -22,6 +22,7 @@ struct Stats {
     var idleTimeouts = 0
     var outputLimitCloses = 0
     var upstreamRecycled = 0
+    var commandTimeouts = 0
     var transactionIdleTimeouts = 0
     var keysSeen = 0
     var keysDenied = 0

@@ -57,6 +57,8 @@ final class UpstreamConnection: Connection {
         framer = ReplyFramer(limits: proxy.upstreamLimits)
         createdAt = proxy.base.now()
         idleSince = createdAt
+        headSince = createdAt
+        timingCommands = proxy.config.commandTimeout > 0
         super.init(proxy: proxy, fd: fd)
     }
 
@@ -75,11 +77,11 @@ final class UpstreamConnection: Connection {
         hello += ["SETNAME", name]
         serverName = name
         out.append(RESPWriter.command(hello))
-        fifo.append(Entry(kind: .hello, client: nil))
+        push(Entry(kind: .hello, client: nil))
         handshakeSteps = 1
         if db != 0 {
             out.append(RESPWriter.command(["SELECT", String(db)]))
-            fifo.append(Entry(kind: .select, client: nil))
+            push(Entry(kind: .select, client: nil))
             handshakeSteps += 1
         }
     }
@@ -91,20 +93,23 @@ final class UpstreamConnection: Connection {
     func rename(_ name: String) {
         guard name != serverName, !isClosed else { return }
         out.append(RESPWriter.command(["CLIENT", "SETNAME", name]))
-        fifo.append(Entry(kind: .retarget, client: nil))
+        push(Entry(kind: .retarget, client: nil))
         serverName = name
         markDirty()
     }
 
     /// When the FIFO last became empty (for the idle and keepalive rules).
     var idleSince = 0.0
+    /// RESPOOL_COMMAND_TIMEOUT is set: `headSince` is kept (when the oldest unanswered request became the oldest).
+    let timingCommands: Bool
+    var headSince = 0.0
     /// Past its lifetime with work in flight: no new client is given it; closed once its FIFO drains.
     var retiring = false
 
     /// A keepalive PING, checked and swallowed; its reply makes the connection idle again from now.
     func ping() {
         out.append(RESPWriter.command(["PING"]))
-        fifo.append(Entry(kind: .keepalive, client: nil))
+        push(Entry(kind: .keepalive, client: nil))
         idleSince = proxy.base.now()
         markDirty()
     }
@@ -112,7 +117,7 @@ final class UpstreamConnection: Connection {
     /// Asks the server for its command table (consumed by respool, see CommandTable.learn).
     func requestCommandTable() {
         out.append(RESPWriter.command(["COMMAND"]))
-        fifo.append(Entry(kind: .commandTable, client: nil))
+        push(Entry(kind: .commandTable, client: nil))
         markDirty()
     }
 
@@ -121,12 +126,12 @@ final class UpstreamConnection: Connection {
     func retarget(proto p: Int, db d: Int) {
         if p != proto {
             out.append(RESPWriter.command(["HELLO", String(p)]))
-            fifo.append(Entry(kind: .retarget, client: nil))
+            push(Entry(kind: .retarget, client: nil))
             proto = p
         }
         if d != db {
             out.append(RESPWriter.command(["SELECT", String(d)]))
-            fifo.append(Entry(kind: .retarget, client: nil))
+            push(Entry(kind: .retarget, client: nil))
             db = d
         }
         markDirty()
@@ -134,15 +139,22 @@ final class UpstreamConnection: Connection {
 
     @inline(__always)
     func enqueue(client: ClientConnection) {
-        fifo.append(Entry(kind: .client, client: Unmanaged.passUnretained(client)))
+        push(Entry(kind: .client, client: Unmanaged.passUnretained(client)))
+    }
+
+    /// Every FIFO entry goes in here: with a command timeout, an entry that becomes the oldest starts its clock.
+    @inline(__always)
+    private func push(_ e: Entry) {
+        if timingCommands && fifo.isEmpty { headSince = proxy.base.now() }
+        fifo.append(e)
     }
 
     func enqueueScan(client: ClientConnection) {
-        fifo.append(Entry(kind: .scan, client: Unmanaged.passUnretained(client)))
+        push(Entry(kind: .scan, client: Unmanaged.passUnretained(client)))
     }
 
     func enqueueSilent(client: ClientConnection) {
-        fifo.append(Entry(kind: .silent, client: Unmanaged.passUnretained(client)))
+        push(Entry(kind: .silent, client: Unmanaged.passUnretained(client)))
     }
 
     var pending: Int { fifo.count }
@@ -269,6 +281,7 @@ final class UpstreamConnection: Connection {
                     fail(reason: "reply from server without a request")
                     return
                 }
+                if timingCommands { headSince = proxy.base.now() }
                 if entry.kind == .scan {
                     flushRun()
                     var bytes = prefix > 0 ? partial.copyBytes() : []

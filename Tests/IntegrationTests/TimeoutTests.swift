@@ -91,4 +91,27 @@ final class TimeoutTests: IntegrationTestCase {
             assertReply(try reader.command("PING"), Reply.pong)
         }
     }
+
+    /// A multiplexed command whose reply does not come within RESPOOL_COMMAND_TIMEOUT gets an error; its connection is
+    /// closed, so the late reply never reaches anyone; blocking commands (leased) are exempt.
+    func testCommandTimeoutNeverLetsALateReplyThrough() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(redisArgs: ["--enable-debug-command", "yes"],
+                                env: ["RESPOOL_COMMAND_TIMEOUT": "0.5", "RESPOOL_MAX_SERVER_CONNECTIONS": "3"]) { _, respool in
+            let p = keyPrefix()
+            let c = try respool.client(timeout: 10)
+            assertReply(try c.command("SET", "\(p)k", "value"), Reply.ok)
+            let t0 = monotonicNow()
+            let r = try c.command("DEBUG", "SLEEP", "1.5")
+            XCTAssertEqual(r.errorText, "ERR upstream connection lost: command timed out after 0.5s", show(r))
+            XCTAssertLessThan(monotonicNow() - t0, 1.4, "the error came before the reply would have")
+            // The next commands get their own replies, never the late +OK of DEBUG SLEEP.
+            for i in 0..<10 {
+                assertReply(try c.command("GET", "\(p)k"), Reply.bulk("value"), "GET #\(i) after the timeout")
+                sleepSeconds(0.15)
+            }
+            // A blocking command on a lease is exempt.
+            assertReply(try c.command("BLPOP", "\(p)list", "1"), .array(nil), "BLPOP 1 outlives the command timeout")
+        }
+    }
 }
