@@ -66,6 +66,8 @@ final class ClientConnection: Connection {
     /// waiting for a connection or for their own earlier replies.
     var isIdleTimeoutExempt: Bool { isSubscribed || inFlight > 0 || stall != .none || scanJob != nil }
 
+    /// Reading stopped because RESPOOL_MAX_PIPELINE commands are unanswered.
+    var pipelineThrottled = false
     /// Over the output limit: closed after this iteration, nothing more is queued for it.
     var doomed = false
     /// Since when the output has been above the soft limit.
@@ -108,6 +110,12 @@ final class ClientConnection: Connection {
             lastActive = proxy.base.now()
             if inActivityList { proxy.activity.touch(self) }
             process(UnsafeRawBufferPointer(start: scratch, count: n))
+            if inFlight >= proxy.config.maxPipeline && readEnabled {
+                // Too many unanswered commands: stop reading until half of them are answered.
+                pipelineThrottled = true
+                proxy.stats.pipelineThrottles &+= 1
+                disableReading()
+            }
         case .wouldBlock:
             return
         case .eof:
@@ -251,7 +259,7 @@ final class ClientConnection: Connection {
                 process(UnsafeRawBufferPointer(rebasing: all[pendingLength...]))
             }
         }
-        if stall == .none && !isClosed && !closeAfterFlush && !proxy.shuttingDown {
+        if stall == .none && !isClosed && !closeAfterFlush && !proxy.shuttingDown && !pipelineThrottled {
             enableReading()
         }
     }
@@ -272,7 +280,7 @@ final class ClientConnection: Connection {
         if bytes.count > pendingLength {
             bytes.withUnsafeBytes { process(UnsafeRawBufferPointer(rebasing: $0[pendingLength...])) }
         }
-        if stall == .none && !isClosed && !closeAfterFlush && !proxy.shuttingDown {
+        if stall == .none && !isClosed && !closeAfterFlush && !proxy.shuttingDown && !pipelineThrottled {
             enableReading()
         }
     }
@@ -538,6 +546,10 @@ final class ClientConnection: Connection {
     @inline(__always)
     func replyDelivered() {
         inFlight -= 1
+        if pipelineThrottled && inFlight <= proxy.config.maxPipeline / 2 {
+            pipelineThrottled = false
+            if stall == .none && !isClosed && !closeAfterFlush && !proxy.shuttingDown { enableReading() }
+        }
         if inFlight == 0 {
             if inActivityList {
                 // A reply is activity too (as redis counts it): a client that was blocked is idle from now on.

@@ -23,6 +23,7 @@ struct Stats {
     var outputLimitCloses = 0
     var upstreamRecycled = 0
     var commandTimeouts = 0
+    var pipelineThrottles = 0
     var transactionIdleTimeouts = 0
     var keysSeen = 0
     var keysDenied = 0
@@ -170,7 +171,10 @@ public final class Proxy: AcceptHandler {
             logger.warning("client rejected", metadata: ["reason": "max_clients", "max_clients": "\(config.maxClients)"])
             return
         }
-        if !isUnix { Socket.setNoDelay(fd) }
+        if !isUnix {
+            Socket.setNoDelay(fd)
+            Socket.setKeepAlive(fd)   // a vanished peer is found even when it never sends again
+        }
         let c = ClientConnection(proxy: self, fd: fd, id: nextClientId, isUnix: isUnix)
         nextClientId += 1
         do {
@@ -280,6 +284,12 @@ public final class Proxy: AcceptHandler {
             "clients_accepted": "\(stats.clientsAccepted)", "clients_rejected": "\(stats.clientsRejected)",
             "protocol_errors": "\(stats.protocolErrors)", "upstream_connects": "\(stats.upstreamConnects)",
             "upstream_connect_failures": "\(stats.upstreamConnectFailures)", "upstream_lost": "\(stats.upstreamLost)",
+            "leases": "\(pool.leasedCount)", "leases_granted": "\(stats.leasesGranted)", "wait_timeouts": "\(stats.waitTimeouts)",
+            "idle_timeouts": "\(stats.idleTimeouts)", "transaction_idle_timeouts": "\(stats.transactionIdleTimeouts)",
+            "output_limit_closes": "\(stats.outputLimitCloses)", "command_timeouts": "\(stats.commandTimeouts)",
+            "pipeline_throttles": "\(stats.pipelineThrottles)", "upstream_recycled": "\(stats.upstreamRecycled)",
+            "pubsub_subscribes": "\(stats.pubsubSubscribes)", "pubsub_messages_out": "\(stats.pubsubMessagesFannedOut)",
+            "keys_seen": "\(stats.keysSeen)", "keys_denied": "\(stats.keysDenied)", "keys_scanned": "\(stats.keysScanned)",
         ])
     }
 }

@@ -80,11 +80,14 @@ final class ShutdownTests: IntegrationTestCase {
 
     /// 50 clients mid-pipeline at SIGTERM (redis held busy so their commands are in flight): every reply is the right
     /// one for its command, or the connection closes (then nothing more); exit code 0.
-    func testSigtermWithFiftyClientsMidPipeline() throws {
+    func testSigtermWithFiftyClientsMidPipeline() throws { try sigtermMidPipeline(clients: 50) }
+
+    func testSigtermWithFiveHundredClientsMidPipeline() throws { try sigtermMidPipeline(clients: 500) }
+
+    private func sigtermMidPipeline(clients: Int) throws {
         try requireRealRespool()
         try withRedisAndRespool(redisArgs: ["--enable-debug-command", "yes"], env: ["RESPOOL_SHUTDOWN_TIMEOUT": "10"]) { _, respool in
             let p = keyPrefix()
-            let clients = 50
             let endpoint = respool.endpoint
             let failures = FailureLog()
             let ready = Barrier(parties: clients)
