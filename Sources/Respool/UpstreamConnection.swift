@@ -429,10 +429,20 @@ final class UpstreamConnection: Connection {
                 $0.replyDelivered()
             }
         }
+        failed += answerAll(with: line)
+        proxy.stats.commandsFailed &+= failed
+        proxy.pool.connectionFailed(self, reason: reason, whileConnecting: wasConnecting || handshake, failedCommands: failed)
+    }
+
+    /// Answers every request still in the FIFO with `line` (dropped for closed clients and silent requests).
+    /// Returns how many client requests there were.
+    @discardableResult
+    private func answerAll(with line: [UInt8]) -> Int {
+        var answered = 0
         while let e = fifo.popFirst() {
             guard e.kind == .client || e.kind == .silent || e.kind == .scan, let c = e.client else { continue }
             let silent = e.kind == .silent
-            failed += 1
+            answered += 1
             c._withUnsafeGuaranteedRef {
                 if !$0.isClosed && !silent {
                     $0.out.append(line)
@@ -441,8 +451,7 @@ final class UpstreamConnection: Connection {
                 $0.replyDelivered()
             }
         }
-        proxy.stats.commandsFailed &+= failed
-        proxy.pool.connectionFailed(self, reason: reason, whileConnecting: wasConnecting || handshake, failedCommands: failed)
+        return answered
     }
 
     /// Closes a connection on purpose whose remaining replies nobody will read (a lease given up with state on it):
@@ -460,18 +469,7 @@ final class UpstreamConnection: Connection {
         partial.removeAll()
         out.removeAll()
         streamed = 0
-        let line = Array("-ERR respool: the leased connection was closed: \(reason)\r\n".utf8)
-        while let e = fifo.popFirst() {
-            guard e.kind == .client || e.kind == .silent || e.kind == .scan, let c = e.client else { continue }
-            let silent = e.kind == .silent
-            c._withUnsafeGuaranteedRef {
-                if !$0.isClosed && !silent {
-                    $0.out.append(line)
-                    $0.markDirty()
-                }
-                $0.replyDelivered()
-            }
-        }
+        answerAll(with: Array("-ERR respool: the leased connection was closed: \(reason)\r\n".utf8))
         proxy.pool.connectionClosed(self, reason: reason)
     }
 

@@ -6,15 +6,6 @@ import RESP
 import XCTest
 
 final class BudgetTests: IntegrationTestCase {
-    private func raiseFileLimit() {
-        var rl = rlimit()
-        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
-        if rl.rlim_cur < 8192 {
-            rl.rlim_cur = min(rl.rlim_max, 8192)
-            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
-        }
-    }
-
     func testCapHoldsWithThousandClientsMixingBlpopMultiAndGet() throws {
         try requireRealRespool()
         raiseFileLimit()

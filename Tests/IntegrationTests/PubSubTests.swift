@@ -6,15 +6,6 @@ import RESP
 import XCTest
 
 final class PubSubTests: IntegrationTestCase {
-    private func raiseFileLimit() {
-        var rl = rlimit()
-        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
-        if rl.rlim_cur < 8192 {
-            rl.rlim_cur = min(rl.rlim_max, 8192)
-            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
-        }
-    }
-
     private func conf(_ kind: String, _ name: String?, _ count: Int) -> RESPValue {
         .array([Reply.bulk(kind), name.map { Reply.bulk($0) } ?? Reply.nilBulk, Reply.int(count)])
     }

@@ -15,6 +15,16 @@ class IntegrationTestCase: XCTestCase {
     private var prefixCounter = 0
 
     /// A key prefix unique to this test (and call).
+    /// Raises this process's open-file limit (children such as respool inherit it) for tests with many clients.
+    func raiseFileLimit(to wanted: rlim_t = 8192) {
+        var rl = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
+        if rl.rlim_cur < wanted {
+            rl.rlim_cur = min(rl.rlim_max, wanted)
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
+        }
+    }
+
     func keyPrefix(_ tag: String = "") -> String {
         prefixCounter += 1
         let testName = name.filter { $0.isLetter || $0.isNumber }
