@@ -83,8 +83,12 @@ final class ClientConnection: Connection {
     var isSubscribed: Bool { !subscriptions[0].isEmpty || !subscriptions[1].isEmpty || !subscriptions[2].isEmpty || pubsubPending > 0 }
 
     func updateFastPath() {
-        fastPath = authenticated && replyMode == .on && pubsubPending == 0 && !(proto == 2 && isSubscribed)
+        fastPath = authenticated && replyMode == .on && pubsubPending == 0 && !(proto == 2 && isSubscribed) && multiRefused == nil
     }
+
+    /// Set when MULTI could not get a connection: until EXEC or DISCARD, nothing is run (see refusedTransaction).
+    var multiRefused: String?
+    var lastLeaseError: String?
 
     init(proxy: Proxy, fd: Int32, id: Int, isUnix: Bool) {
         self.id = id
@@ -275,7 +279,17 @@ final class ClientConnection: Connection {
         partial.removeAll()
         let t = proxy.config.waitTimeout
         let seconds = t == t.rounded() ? String(Int(t)) : String(t)
-        replyError("ERR respool: no upstream connection free within \(seconds)s (cap \(cap) reached)")
+        let message = "ERR respool: no upstream connection free within \(seconds)s (cap \(cap) reached)"
+        replyError(message)
+        var waitedFor = pendingHead.name
+        if pendingHead.isInline {
+            let args = bytes.withUnsafeBytes { try? InlineCommand.split(UnsafeRawBufferPointer(rebasing: $0[0..<pendingLength])) }
+            waitedFor = args?.first.map { SmallBytes(lowercasing: $0) } ?? SmallBytes()
+        }
+        if waitedFor == SmallBytes("multi") {
+            multiRefused = "no upstream connection free within \(seconds)s"
+            updateFastPath()
+        }
         proxy.logger.info("wait timeout", metadata: ["client.id": "\(id)", "cap": "\(cap)", "leased": "\(proxy.pool.leasedCount)"])
         if bytes.count > pendingLength {
             bytes.withUnsafeBytes { process(UnsafeRawBufferPointer(rebasing: $0[pendingLength...])) }
@@ -348,6 +362,12 @@ final class ClientConnection: Connection {
                 return true
             }
         }
+        if let reason = multiRefused {
+            switch route {
+            case .local(.quit), .local(.reset): break
+            default: return refusedTransaction(route, reason: reason)
+            }
+        }
         switch route {
         case .forward:
             return forward(frame)
@@ -410,6 +430,12 @@ final class ClientConnection: Connection {
         switch t {
         case .multi, .watch:
             if !leased(frame, reason: .transaction) { return false }
+            guard lease != nil else {
+                // No connection could be leased (the error is answered): the commands queued after this MULTI must
+                // not run outside a transaction.
+                if t == .multi { multiRefused = lastLeaseError ?? "no upstream connection" }
+                return true
+            }
             if t == .multi {
                 if !inMulti { multiQueued = -1 }   // MULTI itself is not queued
                 inMulti = true
@@ -453,11 +479,33 @@ final class ClientConnection: Connection {
                 return false
             case .unavailable(let why):
                 replyError(why)
+                lastLeaseError = why
                 proxy.stats.commandsFailed &+= 1
                 return true
             }
         }
         return forward(frame)
+    }
+
+    /// After a MULTI that could not start (no connection to lease), the client's pipelined transaction is answered
+    /// as redis answers one whose commands failed to queue: errors, then EXECABORT at EXEC. Nothing of it runs.
+    private func refusedTransaction(_ route: CommandRoute, reason: String) -> Bool {
+        if inFlight > 0 { stall = .barrier; return false }
+        switch route {
+        case .transaction(.exec):
+            multiRefused = nil
+            replyError("EXECABORT Transaction discarded because of previous errors.")
+        case .transaction(.discard):
+            multiRefused = nil
+            reply(Array("+OK\r\n".utf8))
+        case .transaction(.multi):
+            replyError("ERR MULTI calls can not be nested")
+        case .transaction(.watch):
+            replyError("ERR WATCH inside MULTI is not allowed")
+        default:
+            replyError("ERR respool: command not queued: the transaction could not start (\(reason))")
+        }
+        return true
     }
 
     /// Whether this client's connection state still needs its lease.

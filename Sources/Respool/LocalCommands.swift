@@ -30,6 +30,7 @@ extension ClientConnection {
             auth(args)
             return true
         case .reset:
+            multiRefused = nil
             if lease != nil { endLease() }
             unsubscribeAll()
             authenticated = proxy.clientPassword == nil

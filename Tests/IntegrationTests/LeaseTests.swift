@@ -205,11 +205,38 @@ final class LeaseTests: IntegrationTestCase {
         }
     }
 
+    /// A pipelined transaction whose MULTI cannot get a connection (all leased, wait timeout) must not run its body
+    /// outside a transaction: the queued commands get errors and EXEC answers EXECABORT, as redis does for a
+    /// transaction whose commands failed to queue.
+    func testRefusedMultiNeverRunsItsBody() throws {
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "2", "RESPOOL_WAIT_TIMEOUT": "0.3"]) { _, respool in
+            let p = keyPrefix()
+            let a = try respool.client()
+            assertReply(try a.command("MULTI"), Reply.ok, "A holds the only lease")
+            let b = try respool.client()
+            let r = try b.pipeline([["MULTI"], ["INCR", "\(p)k"], ["INCR", "\(p)k"], ["EXEC"], ["GET", "\(p)k"]])
+            XCTAssertTrue(r[0].isError(prefix: "ERR respool: no upstream connection free"), show(r[0]))
+            XCTAssertTrue(r[1].isError(prefix: "ERR respool: command not queued"), show(r[1]))
+            XCTAssertTrue(r[2].isError(prefix: "ERR respool: command not queued"), show(r[2]))
+            XCTAssertTrue(r[3].isError(prefix: "EXECABORT"), show(r[3]))
+            XCTAssertEqual(r[4], Reply.nilBulk, "the body never ran: \(show(r[4]))")
+            // Inline, too.
+            try b.send("MULTI\r\nINCR \(p)k\r\nEXEC\r\nGET \(p)k\r\n")
+            let inline = try b.readValues(4)
+            XCTAssertTrue(inline[2].isError(prefix: "EXECABORT"), show(inline[2]))
+            XCTAssertEqual(inline[3], Reply.nilBulk)
+            assertReply(try a.command("DISCARD"), Reply.ok)
+            let ok = try b.pipeline([["MULTI"], ["INCR", "\(p)k"], ["EXEC"]])
+            XCTAssertEqual(ok, [Reply.ok, Reply.simple("QUEUED"), .array([Reply.int(1)])], "a transaction once a lease is free")
+        }
+    }
+
     /// With a cap of 1 no connection can be leased (one always stays shared): a clear error, and the client goes on.
     func testNoLeaseWithACapOfOne() throws {
         try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "1"]) { _, respool in
             let c = try respool.client()
             assertErrorReply(try c.command("MULTI"), prefix: "ERR respool:", "MULTI with a cap of 1")
+            assertReply(try c.command("DISCARD"), Reply.ok, "DISCARD ends the transaction that could not start")
             assertErrorReply(try c.command("BLPOP", "x", "0"), prefix: "ERR respool:", "BLPOP with a cap of 1")
             assertReply(try c.command("PING"), Reply.pong, "still usable")
         }
