@@ -105,7 +105,9 @@ final class TimeoutTests: IntegrationTestCase {
             let r = try c.command("DEBUG", "SLEEP", "1.5")
             XCTAssertEqual(r.errorText, "ERR upstream connection lost: command timed out after 0.5s", show(r))
             XCTAssertLessThan(monotonicNow() - t0, 1.4, "the error came before the reply would have")
-            // The next commands get their own replies, never the late +OK of DEBUG SLEEP.
+            // Redis itself is still asleep for another second (a command sent now would time out as well); then the
+            // next commands get their own replies, never the late +OK of DEBUG SLEEP.
+            sleepSeconds(1.2)
             for i in 0..<10 {
                 assertReply(try c.command("GET", "\(p)k"), Reply.bulk("value"), "GET #\(i) after the timeout")
                 sleepSeconds(0.15)
