@@ -61,7 +61,17 @@ final class Pool: EventHandler {
             if load < bestLoad {
                 best = um
                 bestLoad = load
-                if load == 0 { return .ready(um) }
+                if load == 0 {
+                    // Idle for a while: check it with a PING before a command goes on it. The client waits for the
+                    // PONG (or, if the connection turns out dead, for a fresh one) like any pool waiter.
+                    let check = proxy.config.serverCheckAfter
+                    if check > 0, um._withUnsafeGuaranteedRef({ proxy.base.now() - $0.idleSince >= check }) {
+                        um._withUnsafeGuaranteedRef { $0.ping() }
+                        proxy.stats.upstreamChecks &+= 1
+                        return .wait
+                    }
+                    return .ready(um)
+                }
             }
         }
         // Every connection of this protocol is busy (or there is none): grow within the cap.

@@ -24,6 +24,7 @@ struct Stats {
     var upstreamRecycled = 0
     var commandTimeouts = 0
     var pipelineThrottles = 0
+    var upstreamChecks = 0
     var transactionIdleTimeouts = 0
     var keysSeen = 0
     var keysDenied = 0
@@ -288,6 +289,7 @@ public final class Proxy: AcceptHandler {
             "idle_timeouts": "\(stats.idleTimeouts)", "transaction_idle_timeouts": "\(stats.transactionIdleTimeouts)",
             "output_limit_closes": "\(stats.outputLimitCloses)", "command_timeouts": "\(stats.commandTimeouts)",
             "pipeline_throttles": "\(stats.pipelineThrottles)", "upstream_recycled": "\(stats.upstreamRecycled)",
+            "upstream_checks": "\(stats.upstreamChecks)",
             "pubsub_subscribes": "\(stats.pubsubSubscribes)", "pubsub_messages_out": "\(stats.pubsubMessagesFannedOut)",
             "keys_seen": "\(stats.keysSeen)", "keys_denied": "\(stats.keysDenied)", "keys_scanned": "\(stats.keysScanned)",
         ])

@@ -57,6 +57,8 @@ public struct Config: Equatable, Sendable {
     public var serverLifetime: Double
     /// Unanswered commands per client before respool stops reading from it (until half are answered).
     public var maxPipeline: Int
+    /// Seconds of idleness after which a pooled connection is PINGed before a command is sent on it (0 = never).
+    public var serverCheckAfter: Double
     /// Seconds a command on a shared connection may wait for its reply (0 = no limit; leased connections exempt).
     public var commandTimeout: Double
     /// Seconds of idleness after which a pooled connection is PINGed (0 = never).
@@ -111,6 +113,8 @@ public struct Config: Equatable, Sendable {
               help: "Seconds after which an upstream connection is replaced, once it is idle (0 = never)."),
         .init(variable: "RESPOOL_SERVER_KEEPALIVE", flag: "server-keepalive", defaultText: "60",
               help: "Seconds of idleness after which a pooled connection is checked with PING (0 = never), so a server-side idle timeout never kills it unnoticed."),
+        .init(variable: "RESPOOL_SERVER_CHECK_AFTER", flag: "server-check-after", defaultText: "30",
+              help: "Seconds of idleness after which a pooled connection is checked with PING before a command is sent on it, so a connection that died meanwhile costs a reconnect, not a failed command (0 = never)."),
         .init(variable: "RESPOOL_COMMAND_TIMEOUT", flag: "command-timeout", defaultText: "0 (off)",
               help: "Seconds a multiplexed command may wait for its reply; past it the commands in flight on that upstream connection get an error and the connection is closed (its reply stream can no longer be trusted). Blocking commands and transactions (leases) are exempt."),
         .init(variable: "RESPOOL_MAX_PIPELINE", flag: "max-pipeline", defaultText: "10000",
@@ -215,6 +219,7 @@ public struct Config: Equatable, Sendable {
         serverLifetime = try seconds("RESPOOL_SERVER_LIFETIME", default: 3600, allowZero: true)
         serverKeepalive = try seconds("RESPOOL_SERVER_KEEPALIVE", default: 60, allowZero: true)
         commandTimeout = try seconds("RESPOOL_COMMAND_TIMEOUT", default: 0, allowZero: true)
+        serverCheckAfter = try seconds("RESPOOL_SERVER_CHECK_AFTER", default: 30, allowZero: true)
         maxPipeline = try integer("RESPOOL_MAX_PIPELINE", default: 10_000, range: 2...100_000_000)
         transactionIdleTimeout = try seconds("RESPOOL_TRANSACTION_IDLE_TIMEOUT", default: 60, allowZero: true)
         maxClients = try integer("RESPOOL_MAX_CLIENTS", default: 10_000, range: 1...10_000_000)

@@ -80,4 +80,27 @@ final class UpstreamLifecycleTests: IntegrationTestCase {
             XCTAssertFalse(respool.stdoutText.contains("upstream connection lost"), respool.stdoutText)
         }
     }
+
+    /// A connection idle past RESPOOL_SERVER_CHECK_AFTER is checked with PING before the next command goes on it;
+    /// the command then succeeds on it.
+    func testIdleConnectionCheckedBeforeReuse() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(env: ["RESPOOL_SERVER_CHECK_AFTER": "0.3", "RESPOOL_SERVER_KEEPALIVE": "0",
+                                      "RESPOOL_MAX_SERVER_CONNECTIONS": "2"]) { _, respool in
+            let c = try respool.client()
+            assertReply(try c.command("SET", "k", "v"), Reply.ok)
+            sleepSeconds(0.6)
+            assertReply(try c.command("GET", "k"), Reply.bulk("v"), "the command after the check")
+            assertReply(try c.command("GET", "k"), Reply.bulk("v"), "and the one after it (no check: not idle)")
+            guard let pid = respool.process?.pid else { return XCTFail("no pid") }
+            kill(pid, SIGUSR1)
+            var line = ""
+            for _ in 0..<100 {
+                line = respool.stdoutText.split(separator: "\n").last { $0.contains("msg=stats") }.map(String.init) ?? ""
+                if !line.isEmpty { break }
+                sleepSeconds(0.02)
+            }
+            XCTAssertGreaterThanOrEqual(logfmtValue(line, key: "upstream_checks").flatMap { Int($0) } ?? 0, 1, line)
+        }
+    }
 }
