@@ -412,12 +412,7 @@ final class UpstreamConnection: Connection {
         guard !isClosed else { return }
         let wasReady = state == .ready
         let wasConnecting = state != .ready
-        isClosed = true
-        closeSocket()
-        connectTimer?.free()
-        connectTimer = nil
-        partial.removeAll()
-        out.removeAll()
+        tearDown()
         let line = Array((wasReady ? "-ERR upstream connection lost: \(reason)\r\n" : "-ERR upstream unavailable: \(reason)\r\n").utf8)
         var failed = 0
         if streamed > 0, let e = fifo.popFirst(), let c = e.client {
@@ -462,12 +457,7 @@ final class UpstreamConnection: Connection {
             closeIdle(reason: reason)
             return
         }
-        isClosed = true
-        closeSocket()
-        connectTimer?.free()
-        connectTimer = nil
-        partial.removeAll()
-        out.removeAll()
+        tearDown()
         streamed = 0
         answerAll(with: Array("-ERR respool: the leased connection was closed: \(reason)\r\n".utf8))
         proxy.pool.connectionClosed(self, reason: reason)
@@ -476,10 +466,17 @@ final class UpstreamConnection: Connection {
     /// Closes an idle connection on purpose (shutdown, protocol rebalancing).
     func closeIdle(reason: String) {
         guard !isClosed else { return }
+        tearDown()
+        proxy.pool.connectionClosed(self, reason: reason)
+    }
+
+    /// Marks the connection closed and lets go of its socket, timer and buffered bytes (its FIFO is the caller's).
+    private func tearDown() {
         isClosed = true
         closeSocket()
         connectTimer?.free()
         connectTimer = nil
-        proxy.pool.connectionClosed(self, reason: reason)
+        partial.removeAll()
+        out.removeAll()
     }
 }

@@ -142,6 +142,17 @@ final class Respool: @unchecked Sendable {
 
     func waitForExit(timeout: Double) -> ExitStatus? { process?.wait(timeout: timeout) }
 
+    /// Sends SIGUSR1 and returns the `msg=stats` line respool logs in answer (empty if none came within 2 s).
+    func statsLine() -> String {
+        guard let pid = process?.pid else { return "" }
+        _ = Glibc.kill(pid, SIGUSR1)
+        for _ in 0..<100 {
+            if let line = stdoutText.split(separator: "\n").last(where: { $0.contains("msg=stats") }) { return String(line) }
+            usleep(20_000)
+        }
+        return ""
+    }
+
     func client(timeout: Double = 10) throws -> TestClient { try TestClient(endpoint, timeout: timeout) }
 }
 
