@@ -414,6 +414,9 @@ final class Pool: EventHandler {
         scheduleWaitTimer()
     }
 
+    /// Clients waiting for a connection right now (the wait queue's length).
+    var waiterCount: Int { waiters.count }
+
     func removeWaiter(_ c: ClientConnection) {
         waiters.removeAll { $0 === c }
     }

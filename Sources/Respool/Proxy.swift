@@ -285,7 +285,7 @@ public final class Proxy: AcceptHandler {
             "clients_accepted": "\(stats.clientsAccepted)", "clients_rejected": "\(stats.clientsRejected)",
             "protocol_errors": "\(stats.protocolErrors)", "upstream_connects": "\(stats.upstreamConnects)",
             "upstream_connect_failures": "\(stats.upstreamConnectFailures)", "upstream_lost": "\(stats.upstreamLost)",
-            "leases": "\(pool.leasedCount)", "leases_granted": "\(stats.leasesGranted)", "wait_timeouts": "\(stats.waitTimeouts)",
+            "leases": "\(pool.leasedCount)", "waiting": "\(pool.waiterCount)", "leases_granted": "\(stats.leasesGranted)", "wait_timeouts": "\(stats.waitTimeouts)",
             "idle_timeouts": "\(stats.idleTimeouts)", "transaction_idle_timeouts": "\(stats.transactionIdleTimeouts)",
             "output_limit_closes": "\(stats.outputLimitCloses)", "command_timeouts": "\(stats.commandTimeouts)",
             "pipeline_throttles": "\(stats.pipelineThrottles)", "upstream_recycled": "\(stats.upstreamRecycled)",
