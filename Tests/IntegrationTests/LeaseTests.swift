@@ -231,6 +231,24 @@ final class LeaseTests: IntegrationTestCase {
         }
     }
 
+    /// A RESP3 client keeps RESP3 in a transaction and in a blocking command (maps inside EXEC, null from a timed-out
+    /// BLPOP) while a RESP2 client beside it gets RESP2 from the same kind of lease.
+    func testLeasesKeepEachClientsProtocol() throws {
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "3"]) { _, respool in
+            let p = keyPrefix()
+            let c3 = try respool.client()
+            guard case .map = try c3.command("HELLO", "3") else { return XCTFail("HELLO 3") }
+            let c2 = try respool.client()
+            assertReply(try c2.command("HSET", "\(p)h", "f", "v"), Reply.int(1))
+            let r3 = try c3.pipeline([["MULTI"], ["HGETALL", "\(p)h"], ["GET", "\(p)none"], ["EXEC"], ["BLPOP", "\(p)l", "0.05"]])
+            XCTAssertEqual(r3[3], .array([.map([Reply.bulk("f"), Reply.bulk("v")]), .null]), "RESP3 EXEC: \(show(r3[3]))")
+            XCTAssertEqual(r3[4], .null, "RESP3 BLPOP timeout: \(show(r3[4]))")
+            let r2 = try c2.pipeline([["MULTI"], ["HGETALL", "\(p)h"], ["GET", "\(p)none"], ["EXEC"], ["BLPOP", "\(p)l", "0.05"]])
+            XCTAssertEqual(r2[3], .array([Reply.bulks(["f", "v"]), Reply.nilBulk]), "RESP2 EXEC: \(show(r2[3]))")
+            XCTAssertEqual(r2[4], .array(nil), "RESP2 BLPOP timeout: \(show(r2[4]))")
+        }
+    }
+
     /// With a cap of 1 no connection can be leased (one always stays shared): a clear error, and the client goes on.
     func testNoLeaseWithACapOfOne() throws {
         try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "1"]) { _, respool in
