@@ -89,6 +89,7 @@ public final class Proxy: AcceptHandler {
         let tcp = try Listener(base: base, host: config.bind, port: config.port, handler: self)
         listeners.append(tcp)
         var meta: Logger.Metadata = ["listen": "\(tcp.address)"]
+        listenDescription = "\(tcp.address)"
         if let path = config.socketPath {
             listeners.append(try Listener(base: base, unixPath: path, handler: self))
             meta["socket"] = "\(path)"
@@ -105,6 +106,13 @@ public final class Proxy: AcceptHandler {
         meta["client_auth"] = "\(config.clientPassword == nil ? "off" : "required")"
         meta["backend"] = "\(base.backendName)"
         try janitor.start()
+        if config.statsPort >= 0 {
+            let endpoint = StatsEndpoint(proxy: self)
+            let server = try HTTPServer(base: base, host: config.statsBind, port: config.statsPort, handler: endpoint)
+            statsEndpoint = endpoint
+            statsServer = server
+            meta["stats"] = "\(server.address.map { "\($0)" } ?? "\(config.statsBind):\(config.statsPort)")"
+        }
         meta["client_idle_timeout"] = "\(config.clientIdleTimeout)s"
         meta["transaction_idle_timeout"] = "\(config.transactionIdleTimeout)s"
         meta["wait_timeout"] = "\(config.waitTimeout)s"
@@ -209,6 +217,9 @@ public final class Proxy: AcceptHandler {
     }
 
     private var hubs: [Int: PubSubHub] = [:]
+    private var statsServer: HTTPServer?
+    private var statsEndpoint: StatsEndpoint?
+    private(set) var listenDescription = ""
     var activity = ActivityList()
     private var janitor: Janitor!
     var clientCount: Int { openClients }
@@ -221,6 +232,17 @@ public final class Proxy: AcceptHandler {
         let h = PubSubHub(proxy: self, proto: proto)
         hubs[proto] = h
         return h
+    }
+
+    var uptime: Double { monotonicNow() - startedAt }
+
+    var subscribedChannels: Int { hubs.values.reduce(0) { $0 + $1.channelCount } }
+
+    /// Why respool is not healthy (nil when it is): it must accept clients and have a ready upstream connection.
+    func healthProblem() -> String? {
+        if shuttingDown { return "shutting down" }
+        if pool.upstreams.contains(where: { $0.state == .ready && !$0.isClosed }) { return nil }
+        return "no ready upstream connection" + (pool.lastError.map { " (\($0))" } ?? "")
     }
 
     /// Open and closing clients in the order they connected (CLIENT LIST, CLIENT KILL).

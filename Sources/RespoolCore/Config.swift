@@ -49,6 +49,9 @@ public struct Config: Equatable, Sendable {
     public var outputHardLimit: Int
     public var outputSoftLimit: Int
     public var outputSoftSeconds: Double
+    /// The stats endpoint: bind address and port (-1 = off; 0 picks a free port).
+    public var statsBind: String
+    public var statsPort: Int
     /// Shared upstream connections kept open (opened at start-up).
     public var minServerConnections: Int
     /// Seconds after which an idle shared connection beyond the minimum is closed (0 = never).
@@ -119,6 +122,10 @@ public struct Config: Equatable, Sendable {
               help: "Seconds a multiplexed command may wait for its reply; past it the commands in flight on that upstream connection get an error and the connection is closed (its reply stream can no longer be trusted). Blocking commands and transactions (leases) are exempt."),
         .init(variable: "RESPOOL_MAX_PIPELINE", flag: "max-pipeline", defaultText: "10000",
               help: "Unanswered commands a client may have in flight; past it respool stops reading from that client until half are answered."),
+        .init(variable: "RESPOOL_STATS_BIND", flag: "stats-bind", defaultText: "127.0.0.1",
+              help: "Address of the stats endpoint (/metrics, /stats, /clients, /upstreams, /healthz)."),
+        .init(variable: "RESPOOL_STATS_PORT", flag: "stats-port", defaultText: "9122",
+              help: "Port of the stats endpoint (9121 is redis_exporter's); off to disable; 0 picks a free port, printed at start-up."),
         .init(variable: "RESPOOL_MAX_CLIENTS", flag: "max-clients", defaultText: "10000",
               help: "Client connections accepted; past it a client gets -ERR max number of clients reached."),
         .init(variable: "RESPOOL_NAME", flag: "name", defaultText: "$DYNO, else the host name",
@@ -220,6 +227,12 @@ public struct Config: Equatable, Sendable {
         serverKeepalive = try seconds("RESPOOL_SERVER_KEEPALIVE", default: 60, allowZero: true)
         commandTimeout = try seconds("RESPOOL_COMMAND_TIMEOUT", default: 0, allowZero: true)
         serverCheckAfter = try seconds("RESPOOL_SERVER_CHECK_AFTER", default: 30, allowZero: true)
+        statsBind = value("RESPOOL_STATS_BIND") ?? "127.0.0.1"
+        if value("RESPOOL_STATS_PORT")?.lowercased() == "off" {
+            statsPort = -1
+        } else {
+            statsPort = try integer("RESPOOL_STATS_PORT", default: 9122, range: 0...65535)
+        }
         maxPipeline = try integer("RESPOOL_MAX_PIPELINE", default: 10_000, range: 2...100_000_000)
         transactionIdleTimeout = try seconds("RESPOOL_TRANSACTION_IDLE_TIMEOUT", default: 60, allowZero: true)
         maxClients = try integer("RESPOOL_MAX_CLIENTS", default: 10_000, range: 1...10_000_000)

@@ -155,3 +155,32 @@ final class CommandTableTests: XCTestCase {
         XCTAssertTrue(e.hasPrefix("ERR respool: 'psubscribe'"), e)
     }
 }
+
+final class MetricsTests: XCTestCase {
+    func testPrometheusAndJSONComeFromTheSameDefinitions() {
+        let values = [MetricValues(Metrics.clients, 3), MetricValues(Metrics.commands, [("forwarded", 10), ("local", 2)])]
+        let text = Metrics.prometheus(values)
+        XCTAssertEqual(text, """
+            # HELP respool_clients Client connections open now.
+            # TYPE respool_clients gauge
+            respool_clients 3
+            # HELP respool_commands_total Commands, by how respool handled them.
+            # TYPE respool_commands_total counter
+            respool_commands_total{outcome="forwarded"} 10
+            respool_commands_total{outcome="local"} 2
+
+            """)
+        XCTAssertEqual(Metrics.json(values), #"{"respool_clients":3,"respool_commands_total":{"forwarded":10,"local":2}}"#)
+    }
+
+    func testEveryMetricIsNamedOnceWithTheConventions() {
+        let names = Metrics.all.map(\.name)
+        XCTAssertEqual(Set(names).count, names.count)
+        for d in Metrics.all {
+            XCTAssertTrue(d.name.hasPrefix("respool_"), d.name)
+            XCTAssertEqual(d.kind == .counter, d.name.hasSuffix("_total"), d.name)
+            XCTAssertFalse(d.help.isEmpty)
+        }
+        XCTAssertEqual(Metrics.jsonString("a\"b\\c\n\u{1}"), #""a\"b\\c\n\u0001""#)
+    }
+}

@@ -61,7 +61,8 @@ class IntegrationTestCase: XCTestCase {
 
     /// Default environment for a respool in front of `upstream`.
     func respoolEnv(upstreamURL: String) -> [String: String] {
-        ["RESPOOL_URL": upstreamURL, "RESPOOL_BIND": "127.0.0.1", "RESPOOL_PORT": "0", "RESPOOL_SHUTDOWN_TIMEOUT": "5"]
+        ["RESPOOL_URL": upstreamURL, "RESPOOL_BIND": "127.0.0.1", "RESPOOL_PORT": "0", "RESPOOL_SHUTDOWN_TIMEOUT": "5",
+         "RESPOOL_STATS_PORT": "0"]
     }
 
     /// A respool in front of `upstream` (or of `upstreamURL`) with `env` on top of the defaults, for the duration of

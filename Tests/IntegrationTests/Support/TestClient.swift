@@ -237,6 +237,19 @@ final class TestClient: @unchecked Sendable {
     /// Bytes received and not consumed by a decoded value.
     var bufferedByteCount: Int { buffer.count - start }
 
+    /// Everything until the peer closes (for non-RESP peers such as the stats endpoint's HTTP), bounded by `timeout`.
+    func readToEnd() -> [UInt8] {
+        var data = Array(buffer[start...])
+        buffer.removeAll()
+        start = 0
+        let deadline = monotonicNow() + timeout
+        while monotonicNow() < deadline {
+            let n = scratch.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, $0.count, 0) }
+            if n > 0 { data += scratch[0..<n] } else if n < 0 && errno == EINTR { continue } else { break }
+        }
+        return data
+    }
+
     private func decodeBuffered() throws -> RESPValue? {
         let available = buffer.count - start
         guard available > 0, available >= needed else { return nil }

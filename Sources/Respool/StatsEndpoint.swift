@@ -1,0 +1,122 @@
+// StatsEndpoint: the local HTTP endpoint for operators, served from the proxy's own loop: /metrics (Prometheus),
+// /stats (the same as JSON, with the configuration, passwords masked), /clients, /upstreams and /healthz.
+import EventLoop
+import RESP
+import RespoolCore
+
+final class StatsEndpoint: HTTPHandler {
+    unowned let proxy: Proxy
+
+    init(proxy: Proxy) {
+        self.proxy = proxy
+        super.init()
+    }
+
+    override func respond(method: String, path: String) -> (status: Int32, contentType: String, body: [UInt8]) {
+        switch path {
+        case "/metrics":
+            return (200, "text/plain; version=0.0.4; charset=utf-8", Array(Metrics.prometheus(values()).utf8))
+        case "/stats":
+            return (200, "application/json", Array(statsDocument().utf8))
+        case "/clients":
+            return (200, "application/json", Array(clientsDocument().utf8))
+        case "/upstreams":
+            return (200, "application/json", Array(upstreamsDocument().utf8))
+        case "/healthz":
+            if let problem = proxy.healthProblem() {
+                return (503, "text/plain; charset=utf-8", Array("unhealthy: \(problem)\n".utf8))
+            }
+            return (200, "text/plain; charset=utf-8", Array("ok\n".utf8))
+        default:
+            return (404, "text/plain; charset=utf-8", Array("not found; try /metrics, /stats, /clients, /upstreams or /healthz\n".utf8))
+        }
+    }
+
+    /// Current values of every metric in `Metrics.all` (sampled now: counts come from the live state).
+    func values() -> [MetricValues] {
+        let s = proxy.stats
+        let pool = proxy.pool!
+        let ups = pool.upstreams
+        func d(_ v: Int) -> Double { Double(v) }
+        return [
+            MetricValues(Metrics.clients, d(proxy.clientCount)),
+            MetricValues(Metrics.clientsAccepted, d(s.clientsAccepted)),
+            MetricValues(Metrics.clientsRejected, d(s.clientsRejected)),
+            MetricValues(Metrics.clientsClosed, [("idle_timeout", d(s.idleTimeouts)), ("transaction_idle_timeout", d(s.transactionIdleTimeouts)),
+                                                 ("output_limit", d(s.outputLimitCloses)), ("protocol_error", d(s.protocolErrors))]),
+            MetricValues(Metrics.protocolErrors, d(s.protocolErrors)),
+            MetricValues(Metrics.upstreams, [
+                ("shared", d(ups.filter { !$0.leased && $0.hub == nil && $0.state == .ready }.count)),
+                ("leased", d(ups.filter { $0.leased && $0.hub == nil }.count)),
+                ("pubsub", d(ups.filter { $0.hub != nil }.count)),
+                ("connecting", d(ups.filter { $0.state != .ready }.count)),
+            ]),
+            MetricValues(Metrics.upstreamsMax, d(pool.cap)),
+            MetricValues(Metrics.leasesGranted, d(s.leasesGranted)),
+            MetricValues(Metrics.waitQueue, d(pool.waiterCount)),
+            MetricValues(Metrics.waitTimeouts, d(s.waitTimeouts)),
+            MetricValues(Metrics.commands, [("forwarded", d(s.commandsForwarded)), ("local", d(s.commandsLocal)),
+                                            ("refused", d(s.commandsRefused)), ("failed", d(s.commandsFailed))]),
+            MetricValues(Metrics.bytes, [("client_in", d(s.clientBytesIn)), ("upstream_in", d(s.upstreamBytesIn)), ("out", d(s.bytesOut))]),
+            MetricValues(Metrics.upstreamConnects, d(s.upstreamConnects)),
+            MetricValues(Metrics.upstreamFailures, d(s.upstreamConnectFailures)),
+            MetricValues(Metrics.upstreamLost, d(s.upstreamLost)),
+            MetricValues(Metrics.upstreamRecycled, d(s.upstreamRecycled)),
+            MetricValues(Metrics.commandTimeouts, d(s.commandTimeouts)),
+            MetricValues(Metrics.pubsubChannels, d(proxy.subscribedChannels)),
+            MetricValues(Metrics.pubsubMessages, d(s.pubsubMessagesFannedOut)),
+            MetricValues(Metrics.keys, [("seen", d(s.keysSeen)), ("denied", d(s.keysDenied)), ("scanned", d(s.keysScanned))]),
+            MetricValues(Metrics.uptime, proxy.uptime),
+        ]
+    }
+
+    private func statsDocument() -> String {
+        let c = proxy.config
+        var config: [String] = []
+        config.append("\"upstream\":\(Metrics.jsonString(c.upstream.description))")
+        config.append("\"listen\":\(Metrics.jsonString(proxy.listenDescription))")
+        config.append("\"max_server_connections\":\(c.maxServerConnections)")
+        config.append("\"cap_from\":\(Metrics.jsonString(c.capSource))")
+        config.append("\"max_clients\":\(c.maxClients)")
+        config.append("\"name\":\(Metrics.jsonString(c.namePrefix))")
+        config.append("\"client_auth\":\(c.clientPassword == nil ? "false" : "true")")
+        config.append("\"keys\":\(Metrics.jsonString(c.keysMode.rawValue))")
+        config.append("\"wait_timeout\":\(c.waitTimeout)")
+        config.append("\"client_idle_timeout\":\(c.clientIdleTimeout)")
+        config.append("\"transaction_idle_timeout\":\(c.transactionIdleTimeout)")
+        config.append("\"command_timeout\":\(c.commandTimeout)")
+        return "{\"version\":\(Metrics.jsonString(respoolVersion)),\"uptime_seconds\":\(Metrics.number(proxy.uptime)),"
+            + "\"config\":{\(config.joined(separator: ","))},\"metrics\":\(Metrics.json(values()))}"
+    }
+
+    private func clientsDocument() -> String {
+        let now = proxy.base.now()
+        let items = proxy.clientsByID.filter { !$0.isClosed }.map { c -> String in
+            let state: String
+            if c.isSubscribed { state = "subscribed" }
+            else if c.lease != nil && !c.holdsState && c.inFlight > 0 { state = "blocked" }
+            else if c.lease != nil { state = "leased" }
+            else if c.stall == .pool { state = "waiting" }
+            else { state = "idle" }
+            let name = c.name.map { Metrics.jsonString(String(decoding: $0, as: UTF8.self)) } ?? "null"
+            return "{\"id\":\(c.id),\"addr\":\(Metrics.jsonString(c.peerAddress)),\"name\":\(name),\"db\":\(c.db),\"resp\":\(c.proto),"
+                + "\"age\":\(Int(now - c.createdAt)),\"idle\":\(Int(now - c.lastActive)),\"state\":\"\(state)\","
+                + "\"in_flight\":\(c.inFlight),\"last_command\":\(Metrics.jsonString(c.lastCommand.description)),"
+                + "\"output_bytes\":\(c.out.count)}"
+        }
+        return "[" + items.joined(separator: ",") + "]"
+    }
+
+    private func upstreamsDocument() -> String {
+        let now = proxy.base.now()
+        let items = proxy.pool.upstreams.map { u -> String in
+            let state = u.hub != nil ? "pubsub" : u.leased ? "leased" : u.state.rawValue == "ready" ? "shared" : u.state.rawValue
+            let holder = u.leasedTo.map { String($0.takeUnretainedValue().id) } ?? "null"
+            return "{\"id\":\(u.id),\"name\":\(Metrics.jsonString(u.serverName)),\"state\":\"\(state)\",\"resp\":\(u.proto),\"db\":\(u.db),"
+                + "\"age\":\(Int(now - u.createdAt)),\"pending\":\(u.pending),\"commands_served\":\(u.commandsServed),\"leased_to\":\(holder)}"
+        }
+        return "[" + items.joined(separator: ",") + "]"
+    }
+}
+
+let respoolVersion = "0.1.0"

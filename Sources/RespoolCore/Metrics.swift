@@ -1,0 +1,138 @@
+// Metrics: every metric is defined once here (name, kind, help, label); the Prometheus text exposition and the JSON
+// document are both generated from these definitions and the values the driver samples.
+
+public enum MetricKind: String, Sendable {
+    case counter, gauge
+}
+
+public struct MetricDefinition: Sendable, Hashable {
+    public let name: String
+    public let kind: MetricKind
+    public let help: String
+    /// The one label key a metric may have (e.g. "reason"), nil for none.
+    public let label: String?
+
+    public init(_ name: String, _ kind: MetricKind, _ help: String, label: String? = nil) {
+        self.name = name
+        self.kind = kind
+        self.help = help
+        self.label = label
+    }
+}
+
+/// One metric's values: (label value, value); the label value is nil for an unlabelled metric.
+public struct MetricValues: Sendable {
+    public let definition: MetricDefinition
+    public var samples: [(label: String?, value: Double)]
+
+    public init(_ definition: MetricDefinition, _ samples: [(label: String?, value: Double)]) {
+        self.definition = definition
+        self.samples = samples
+    }
+
+    public init(_ definition: MetricDefinition, _ value: Double) {
+        self.init(definition, [(nil, value)])
+    }
+}
+
+public enum Metrics {
+    public static let clients = MetricDefinition("respool_clients", .gauge, "Client connections open now.")
+    public static let clientsAccepted = MetricDefinition("respool_clients_accepted_total", .counter, "Client connections accepted.")
+    public static let clientsRejected = MetricDefinition("respool_clients_rejected_total", .counter, "Client connections refused at RESPOOL_MAX_CLIENTS.")
+    public static let clientsClosed = MetricDefinition("respool_clients_closed_total", .counter, "Clients closed by respool, by reason.", label: "reason")
+    public static let protocolErrors = MetricDefinition("respool_protocol_errors_total", .counter, "Clients closed for malformed requests.")
+    public static let upstreams = MetricDefinition("respool_upstream_connections", .gauge, "Upstream connections now, by state.", label: "state")
+    public static let upstreamsMax = MetricDefinition("respool_upstream_connections_max", .gauge, "The cap on upstream connections.")
+    public static let leasesGranted = MetricDefinition("respool_leases_granted_total", .counter, "Exclusive leases granted (transactions, blocking commands).")
+    public static let waitQueue = MetricDefinition("respool_wait_queue_length", .gauge, "Clients waiting for an upstream connection now.")
+    public static let waitTimeouts = MetricDefinition("respool_wait_timeouts_total", .counter, "Waits for an upstream connection that timed out.")
+    public static let commands = MetricDefinition("respool_commands_total", .counter, "Commands, by how respool handled them.", label: "outcome")
+    public static let bytes = MetricDefinition("respool_bytes_total", .counter, "Bytes moved, by direction.", label: "direction")
+    public static let upstreamConnects = MetricDefinition("respool_upstream_connects_total", .counter, "Upstream connections opened.")
+    public static let upstreamFailures = MetricDefinition("respool_upstream_connect_failures_total", .counter, "Upstream connects or handshakes that failed.")
+    public static let upstreamLost = MetricDefinition("respool_upstream_lost_total", .counter, "Established upstream connections lost.")
+    public static let upstreamRecycled = MetricDefinition("respool_upstream_recycled_total", .counter, "Upstream connections replaced at RESPOOL_SERVER_LIFETIME.")
+    public static let commandTimeouts = MetricDefinition("respool_command_timeouts_total", .counter, "Upstream connections closed at RESPOOL_COMMAND_TIMEOUT.")
+    public static let pubsubChannels = MetricDefinition("respool_pubsub_channels", .gauge, "Channels, patterns and shard channels subscribed upstream.")
+    public static let pubsubMessages = MetricDefinition("respool_pubsub_messages_delivered_total", .counter, "Pub/sub messages delivered to clients.")
+    public static let keys = MetricDefinition("respool_keys_total", .counter, "KEYS commands seen by the guard, by action.", label: "action")
+    public static let uptime = MetricDefinition("respool_uptime_seconds", .gauge, "Seconds since respool started.")
+
+    /// Every definition, in exposition order.
+    public static let all: [MetricDefinition] = [
+        clients, clientsAccepted, clientsRejected, clientsClosed, protocolErrors, upstreams, upstreamsMax, leasesGranted,
+        waitQueue, waitTimeouts, commands, bytes, upstreamConnects, upstreamFailures, upstreamLost, upstreamRecycled,
+        commandTimeouts, pubsubChannels, pubsubMessages, keys, uptime,
+    ]
+
+    /// Prometheus text exposition format 0.0.4.
+    public static func prometheus(_ values: [MetricValues]) -> String {
+        var out = ""
+        for v in values {
+            let d = v.definition
+            out += "# HELP \(d.name) \(d.help)\n# TYPE \(d.name) \(d.kind.rawValue)\n"
+            for s in v.samples {
+                if let label = d.label, let lv = s.label {
+                    out += "\(d.name){\(label)=\"\(escapeLabel(lv))\"} \(number(s.value))\n"
+                } else {
+                    out += "\(d.name) \(number(s.value))\n"
+                }
+            }
+        }
+        return out
+    }
+
+    /// The same values as a JSON object: unlabelled metrics as numbers, labelled ones as objects by label value.
+    public static func json(_ values: [MetricValues]) -> String {
+        var parts: [String] = []
+        for v in values {
+            if v.definition.label == nil {
+                parts.append("\(jsonString(v.definition.name)):\(number(v.samples.first?.value ?? 0))")
+            } else {
+                let inner = v.samples.map { "\(jsonString($0.label ?? "")):\(number($0.value))" }.joined(separator: ",")
+                parts.append("\(jsonString(v.definition.name)):{\(inner)}")
+            }
+        }
+        return "{" + parts.joined(separator: ",") + "}"
+    }
+
+    public static func number(_ v: Double) -> String {
+        if v == v.rounded() && abs(v) < 1e15 { return String(Int64(v)) }
+        return String(v)
+    }
+
+    static func escapeLabel(_ s: String) -> String {
+        var out = ""
+        for ch in s {
+            switch ch {
+            case "\\": out += "\\\\"
+            case "\"": out += "\\\""
+            case "\n": out += "\\n"
+            default: out.append(ch)
+            }
+        }
+        return out
+    }
+
+    /// A JSON string literal.
+    public static func jsonString(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if u.value < 0x20 {
+                    let hex = String(u.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        return out + "\""
+    }
+}

@@ -1,0 +1,141 @@
+// The stats endpoint: /metrics parsed by a real Prometheus text parser (prometheus_client, from Debian) with
+// counters that move under a known workload; /stats, /clients and /upstreams parse as JSON with their fields;
+// /healthz follows the upstream; no password anywhere.
+import Foundation
+import Glibc
+import RESP
+import XCTest
+
+final class StatsEndpointTests: IntegrationTestCase {
+    private func statsPort(_ respool: Respool) -> Int? {
+        guard let line = respool.stdoutText.split(separator: "\n").first(where: { $0.contains("msg=\"respool started\"") }),
+              let addr = logfmtValue(String(line), key: "stats"), let colon = addr.lastIndex(of: ":") else { return nil }
+        return Int(addr[addr.index(after: colon)...])
+    }
+
+    /// A plain HTTP/1.0 GET on loopback: (status, body).
+    private func get(_ port: Int, _ path: String) throws -> (Int, String) {
+        let c = try TestClient(.loopback(port), timeout: 5)
+        try c.send("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        let raw = c.readToEnd()
+        let text = String(decoding: raw, as: UTF8.self)
+        guard let headerEnd = text.range(of: "\r\n\r\n") else { return (0, text) }
+        let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
+        return (status, String(text[headerEnd.upperBound...]))
+    }
+
+    /// Parses Prometheus text with prometheus_client's parser; returns "name{labels} value" lines or throws its error.
+    private func parsePrometheus(_ text: String) throws -> [String: Double] {
+        let script = """
+            import sys
+            from prometheus_client.parser import text_string_to_metric_families
+            for fam in text_string_to_metric_families(sys.stdin.read()):
+                for s in fam.samples:
+                    labels = ",".join(f'{k}={v}' for k, v in sorted(s.labels.items()))
+                    print(f"{s.name}{{{labels}}} {s.value}")
+            """
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        p.arguments = ["-c", script]
+        let input = Pipe(), output = Pipe(), errors = Pipe()
+        p.standardInput = input
+        p.standardOutput = output
+        p.standardError = errors
+        try p.run()
+        input.fileHandleForWriting.write(Data(text.utf8))
+        try input.fileHandleForWriting.close()
+        let out = output.fileHandleForReading.readDataToEndOfFile()
+        let err = errors.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else {
+            throw TestClientError.io("prometheus_client rejected /metrics: \(String(decoding: err, as: UTF8.self))")
+        }
+        var samples: [String: Double] = [:]
+        for line in String(decoding: out, as: UTF8.self).split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.count == 2, let v = Double(parts[1]) { samples[String(parts[0])] = v }
+        }
+        return samples
+    }
+
+    func testMetricsParseAndCountersMove() throws {
+        try requireRealRespool()
+        let secret = "st4ts-pw-\(getpid())"
+        try withRedisAndRespool(password: secret, env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "3"]) { _, respool in
+            guard let port = statsPort(respool) else { return XCTFail("no stats= in the start-up line:\n\(respool.output)") }
+            let (status0, text0) = try get(port, "/metrics")
+            XCTAssertEqual(status0, 200)
+            let before = try parsePrometheus(text0)
+            XCTAssertNotNil(before["respool_uptime_seconds{}"], "\(before.keys.sorted())")
+            let c = try respool.client()
+            for i in 0..<50 { assertReply(try c.command("SET", "k\(i)", "v"), Reply.ok) }
+            assertReply(try c.command("MULTI"), Reply.ok)
+            assertReply(try c.command("EXEC"), .array([]))
+            let (_, text1) = try get(port, "/metrics")
+            XCTAssertTrue(text1.contains("# TYPE respool_commands_total counter"), text1)
+            let after = try parsePrometheus(text1)
+            let forwarded0 = before["respool_commands_total{outcome=forwarded}"] ?? -1
+            let forwarded1 = after["respool_commands_total{outcome=forwarded}"] ?? -1
+            XCTAssertGreaterThanOrEqual(forwarded1 - forwarded0, 52, "50 SETs, MULTI and EXEC forwarded")
+            XCTAssertEqual(after["respool_clients{}"], 1, "one client open")
+            XCTAssertGreaterThanOrEqual(after["respool_leases_granted_total{}"] ?? 0, 1)
+            XCTAssertEqual(after["respool_upstream_connections_max{}"], 3)
+            for path in ["/metrics", "/stats", "/clients", "/upstreams", "/healthz"] {
+                let (_, body) = try get(port, path)
+                XCTAssertFalse(body.contains(secret), "the upstream password appeared in \(path)")
+            }
+        }
+    }
+
+    func testJSONEndpoints() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "3"]) { _, respool in
+            guard let port = statsPort(respool) else { return XCTFail("no stats port") }
+            let a = try respool.client()
+            assertReply(try a.command("CLIENT", "SETNAME", "stats-client"), Reply.ok)
+            assertReply(try a.command("SUBSCRIBE", "ch"), .array([Reply.bulk("subscribe"), Reply.bulk("ch"), Reply.int(1)]))
+            let (s1, statsText) = try get(port, "/stats")
+            XCTAssertEqual(s1, 200)
+            let stats = try JSONSerialization.jsonObject(with: Data(statsText.utf8)) as? [String: Any]
+            XCTAssertNotNil(stats?["version"])
+            XCTAssertNotNil(stats?["uptime_seconds"])
+            XCTAssertNotNil((stats?["config"] as? [String: Any])?["max_server_connections"])
+            XCTAssertEqual(((stats?["metrics"] as? [String: Any])?["respool_clients"] as? NSNumber)?.intValue, 1)
+            let (_, clientsText) = try get(port, "/clients")
+            let clients = try JSONSerialization.jsonObject(with: Data(clientsText.utf8)) as? [[String: Any]]
+            XCTAssertEqual(clients?.count, 1)
+            XCTAssertEqual(clients?.first?["name"] as? String, "stats-client")
+            XCTAssertEqual(clients?.first?["state"] as? String, "subscribed")
+            for key in ["id", "addr", "db", "age", "idle", "last_command", "output_bytes"] { XCTAssertNotNil(clients?.first?[key], key) }
+            let (_, upstreamsText) = try get(port, "/upstreams")
+            let upstreams = try JSONSerialization.jsonObject(with: Data(upstreamsText.utf8)) as? [[String: Any]]
+            XCTAssertTrue(upstreams?.contains { $0["state"] as? String == "pubsub" } ?? false, upstreamsText)
+            for key in ["id", "name", "state", "age", "commands_served", "leased_to"] { XCTAssertNotNil(upstreams?.first?[key], key) }
+            XCTAssertEqual(try get(port, "/nothing").0, 404)
+        }
+    }
+
+    func testHealthzFollowsTheUpstream() throws {
+        try requireRealRespool()
+        try withRedisAndRespool { redis, respool in
+            guard let port = statsPort(respool) else { return XCTFail("no stats port") }
+            XCTAssertEqual(try get(port, "/healthz").0, 200)
+            redis.stop()
+            var status = 0, body = ""
+            for _ in 0..<100 {
+                (status, body) = try get(port, "/healthz")
+                if status == 503 { break }
+                sleepSeconds(0.05)
+            }
+            XCTAssertEqual(status, 503, "healthz with the upstream stopped: \(body)")
+            XCTAssertTrue(body.contains("no ready upstream connection"), body)
+            try redis.restart()
+            for _ in 0..<200 {
+                (status, body) = try get(port, "/healthz")
+                if status == 200 { break }
+                sleepSeconds(0.05)
+            }
+            XCTAssertEqual(status, 200, "healthz after the upstream came back: \(body)")
+        }
+    }
+}
