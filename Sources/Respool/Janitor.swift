@@ -62,6 +62,7 @@ final class Janitor: EventHandler {
         let now = proxy.base.now()
         sweep(now: now)
         proxy.pool.maintain(now: now)
+        proxy.periodic(now: now)
     }
 
     func sweep(now: Double) {

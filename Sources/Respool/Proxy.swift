@@ -25,6 +25,7 @@ struct Stats {
     var commandTimeouts = 0
     var pipelineThrottles = 0
     var upstreamChecks = 0
+    var oomErrors = 0
     var transactionIdleTimeouts = 0
     var keysSeen = 0
     var keysDenied = 0
@@ -235,6 +236,64 @@ public final class Proxy: AcceptHandler {
     }
 
     var uptime: Double { monotonicNow() - startedAt }
+
+    // MARK: advisor and periodic stats
+
+    private(set) var serverFigures = ServerFigures()
+    private(set) var advice: [Advice] = []
+    private var adviceWarnedAt: [Advice: Double] = [:]
+    private var oomAtLastPoll = 0
+    private var keysAtLastPoll = 0
+    private var nextAdvisorPoll = 0.0
+    private var nextStatsLine = 0.0
+    private var commandsAtLastLine = 0
+
+    /// Once a second from the janitor: poll INFO every RESPOOL_ADVISOR_INTERVAL, log the stats line every
+    /// RESPOOL_STATS_INTERVAL.
+    func periodic(now: Double) {
+        if config.advisorInterval > 0 && now >= nextAdvisorPoll {
+            nextAdvisorPoll = now + config.advisorInterval
+            if let u = pool.upstreams.first(where: { !$0.leased && $0.hub == nil && $0.state == .ready && !$0.isClosed }) {
+                u.requestInfo()
+            }
+        }
+        if config.statsInterval > 0 {
+            if nextStatsLine == 0 { nextStatsLine = now + config.statsInterval }
+            if now >= nextStatsLine {
+                let commands = stats.commandsForwarded + stats.commandsLocal
+                let rate = Double(commands - commandsAtLastLine) / config.statsInterval
+                commandsAtLastLine = commands
+                nextStatsLine = now + config.statsInterval
+                let ups = pool.upstreams
+                logger.info("stats", metadata: [
+                    "clients": "\(openClients)", "upstreams_shared": "\(ups.filter { !$0.leased && $0.hub == nil }.count)",
+                    "upstreams_leased": "\(pool.leasedCount)", "commands_per_s": "\(Int(rate))", "waiting": "\(pool.waiterCount)",
+                    "wait_timeouts": "\(stats.waitTimeouts)", "commands_failed": "\(stats.commandsFailed)",
+                    "protocol_errors": "\(stats.protocolErrors)", "oom_errors": "\(stats.oomErrors)",
+                ])
+            }
+        }
+    }
+
+    /// A fresh INFO: figures for the metrics, advice for /stats, one warning line per advice per 10 minutes.
+    func advisorPolled(_ figures: ServerFigures) {
+        serverFigures = figures
+        advice = Advisor.advise(figures, oomErrorsSinceLastPoll: stats.oomErrors - oomAtLastPoll,
+                                keysSinceLastPoll: stats.keysSeen - keysAtLastPoll)
+        oomAtLastPoll = stats.oomErrors
+        keysAtLastPoll = stats.keysSeen
+        let now = base.now()
+        for a in advice where now - (adviceWarnedAt[a] ?? -1_000_000) >= 600 {
+            adviceWarnedAt[a] = now
+            var meta: Logger.Metadata = ["advice": "\(a.rawValue)"]
+            if let used = figures.usedMemory { meta["used_memory"] = "\(used)" }
+            if let max = figures.maxMemory { meta["maxmemory"] = "\(max)" }
+            if let policy = figures.maxMemoryPolicy { meta["maxmemory_policy"] = "\(policy)" }
+            if let c = figures.connectedClients { meta["connected_clients"] = "\(c)" }
+            if let m = figures.maxClients { meta["maxclients"] = "\(m)" }
+            logger.warning("\(a.message)", metadata: meta)
+        }
+    }
 
     var subscribedChannels: Int { hubs.values.reduce(0) { $0 + $1.channelCount } }
 

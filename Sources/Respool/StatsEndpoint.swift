@@ -67,7 +67,22 @@ final class StatsEndpoint: HTTPHandler {
             MetricValues(Metrics.pubsubMessages, d(s.pubsubMessagesFannedOut)),
             MetricValues(Metrics.keys, [("seen", d(s.keysSeen)), ("denied", d(s.keysDenied)), ("scanned", d(s.keysScanned))]),
             MetricValues(Metrics.uptime, proxy.uptime),
-        ]
+            MetricValues(Metrics.oomErrors, d(s.oomErrors)),
+        ] + serverValues()
+    }
+
+    /// The advisor's figures from the last INFO (metrics without a value yet are left out).
+    private func serverValues() -> [MetricValues] {
+        let f = proxy.serverFigures
+        var out: [MetricValues] = []
+        func add(_ def: MetricDefinition, _ v: Int?) { if let v { out.append(MetricValues(def, Double(v))) } }
+        add(Metrics.serverClients, f.connectedClients)
+        add(Metrics.serverMaxClients, f.maxClients)
+        add(Metrics.serverUsedMemory, f.usedMemory)
+        if let m = f.maxMemory { out.append(MetricValues(Metrics.serverMaxMemory, [(f.maxMemoryPolicy ?? "unknown", Double(m))])) }
+        add(Metrics.serverEvicted, f.evictedKeys)
+        add(Metrics.serverRejected, f.rejectedConnections)
+        return out
     }
 
     private func statsDocument() -> String {
@@ -85,8 +100,10 @@ final class StatsEndpoint: HTTPHandler {
         config.append("\"client_idle_timeout\":\(c.clientIdleTimeout)")
         config.append("\"transaction_idle_timeout\":\(c.transactionIdleTimeout)")
         config.append("\"command_timeout\":\(c.commandTimeout)")
+        let advice = proxy.advice.map { "{\"code\":\(Metrics.jsonString($0.rawValue)),\"message\":\(Metrics.jsonString($0.message))}" }
         return "{\"version\":\(Metrics.jsonString(respoolVersion)),\"uptime_seconds\":\(Metrics.number(proxy.uptime)),"
-            + "\"config\":{\(config.joined(separator: ","))},\"metrics\":\(Metrics.json(values()))}"
+            + "\"config\":{\(config.joined(separator: ","))},\"advice\":[\(advice.joined(separator: ","))],"
+            + "\"metrics\":\(Metrics.json(values()))}"
     }
 
     private func clientsDocument() -> String {

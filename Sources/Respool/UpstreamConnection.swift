@@ -15,7 +15,7 @@ final class UpstreamConnection: Connection {
         /// `silent`: a client's command whose reply it asked not to get (CLIENT REPLY OFF/SKIP): dropped on arrival.
         /// `scan`: one SCAN step of a client's KEYS answered by scanning (RESPOOL_KEYS=scan); consumed by respool.
         /// `commandTable`: the COMMAND reply that classifies module and newer commands (once per process).
-        enum Kind: UInt8 { case client, silent, scan, hello, select, retarget, commandTable, keepalive }
+        enum Kind: UInt8 { case client, silent, scan, hello, select, retarget, commandTable, keepalive, advisorInfo }
         var kind: Kind
         var client: Unmanaged<ClientConnection>?
     }
@@ -111,6 +111,13 @@ final class UpstreamConnection: Connection {
         out.append(RESPWriter.command(["PING"]))
         push(Entry(kind: .keepalive, client: nil))
         idleSince = proxy.base.now()
+        markDirty()
+    }
+
+    /// Asks the server for INFO for the advisor (consumed by respool).
+    func requestInfo() {
+        out.append(RESPWriter.command(["INFO"]))
+        push(Entry(kind: .advisorInfo, client: nil))
         markDirty()
     }
 
@@ -300,6 +307,11 @@ final class UpstreamConnection: Connection {
                     continue
                 }
                 commandsServed &+= 1
+                if framer.kind == UInt8(ascii: "-") && prefix == 0 && end - fs > 4 &&
+                   (base + fs + 1).load(as: UInt8.self) == UInt8(ascii: "O") && (base + fs + 2).load(as: UInt8.self) == UInt8(ascii: "O") &&
+                   (base + fs + 3).load(as: UInt8.self) == UInt8(ascii: "M") {
+                    proxy.stats.oomErrors &+= 1
+                }
                 let client = entry.client!
                 let gone = entry.kind == .silent || client._withUnsafeGuaranteedRef { $0.isClosed }
                 if prefix > 0 || gone {
@@ -366,6 +378,16 @@ final class UpstreamConnection: Connection {
     /// Checks and swallows the reply to a handshake step. Returns false if the connection failed.
     private func handshakeReply(_ kind: Entry.Kind, _ bytes: [UInt8], kind type: UInt8) -> Bool {
         let isError = type == UInt8(ascii: "-") || type == UInt8(ascii: "!")
+        if kind == .advisorInfo {
+            let text = ((try? RESPDecoder.decode(bytes)) ?? nil)?.value
+            switch text {
+            case .bulkString(let b?)?: proxy.advisorPolled(ServerFigures(info: String(decoding: b, as: UTF8.self)))
+            case .verbatim(_, let b)?: proxy.advisorPolled(ServerFigures(info: String(decoding: b, as: UTF8.self)))
+            default: proxy.logger.notice("INFO refused by the server; the advisor has no figures")
+            }
+            if fifo.isEmpty { proxy.pool.becameIdle(self) }
+            return true
+        }
         if kind == .commandTable {
             if isError {
                 proxy.logger.notice("COMMAND refused by the server; using the built-in command table only")

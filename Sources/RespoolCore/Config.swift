@@ -49,6 +49,9 @@ public struct Config: Equatable, Sendable {
     public var outputHardLimit: Int
     public var outputSoftLimit: Int
     public var outputSoftSeconds: Double
+    /// Seconds between INFO polls of the advisor (0 = off) and between stats log lines (0 = off).
+    public var advisorInterval: Double
+    public var statsInterval: Double
     /// The stats endpoint: bind address and port (-1 = off; 0 picks a free port).
     public var statsBind: String
     public var statsPort: Int
@@ -126,6 +129,10 @@ public struct Config: Equatable, Sendable {
               help: "Address of the stats endpoint (/metrics, /stats, /clients, /upstreams, /healthz)."),
         .init(variable: "RESPOOL_STATS_PORT", flag: "stats-port", defaultText: "9122",
               help: "Port of the stats endpoint (9121 is redis_exporter's); off to disable; 0 picks a free port, printed at start-up."),
+        .init(variable: "RESPOOL_STATS_INTERVAL", flag: "stats-interval", defaultText: "60",
+              help: "Seconds between summary log lines (clients, upstream connections, commands/s, waits, errors); 0 = off."),
+        .init(variable: "RESPOOL_ADVISOR_INTERVAL", flag: "advisor-interval", defaultText: "60",
+              help: "Seconds between INFO polls of the Redis health advisor (memory, eviction policy, clients); 0 = off."),
         .init(variable: "RESPOOL_MAX_CLIENTS", flag: "max-clients", defaultText: "10000",
               help: "Client connections accepted; past it a client gets -ERR max number of clients reached."),
         .init(variable: "RESPOOL_NAME", flag: "name", defaultText: "$DYNO, else the host name",
@@ -228,6 +235,8 @@ public struct Config: Equatable, Sendable {
         commandTimeout = try seconds("RESPOOL_COMMAND_TIMEOUT", default: 0, allowZero: true)
         serverCheckAfter = try seconds("RESPOOL_SERVER_CHECK_AFTER", default: 30, allowZero: true)
         statsBind = value("RESPOOL_STATS_BIND") ?? "127.0.0.1"
+        statsInterval = try seconds("RESPOOL_STATS_INTERVAL", default: 60, allowZero: true)
+        advisorInterval = try seconds("RESPOOL_ADVISOR_INTERVAL", default: 60, allowZero: true)
         if value("RESPOOL_STATS_PORT")?.lowercased() == "off" {
             statsPort = -1
         } else {

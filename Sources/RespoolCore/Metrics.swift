@@ -57,12 +57,20 @@ public enum Metrics {
     public static let pubsubMessages = MetricDefinition("respool_pubsub_messages_delivered_total", .counter, "Pub/sub messages delivered to clients.")
     public static let keys = MetricDefinition("respool_keys_total", .counter, "KEYS commands seen by the guard, by action.", label: "action")
     public static let uptime = MetricDefinition("respool_uptime_seconds", .gauge, "Seconds since respool started.")
+    public static let oomErrors = MetricDefinition("respool_oom_errors_total", .counter, "OOM error replies passed to clients.")
+    public static let serverClients = MetricDefinition("respool_upstream_connected_clients", .gauge, "The server's connected_clients (INFO), all apps included.")
+    public static let serverMaxClients = MetricDefinition("respool_upstream_maxclients", .gauge, "The server's maxclients (INFO).")
+    public static let serverUsedMemory = MetricDefinition("respool_upstream_used_memory_bytes", .gauge, "The server's used_memory (INFO).")
+    public static let serverMaxMemory = MetricDefinition("respool_upstream_maxmemory_bytes", .gauge, "The server's maxmemory (INFO; 0 = none), labelled with its maxmemory-policy.", label: "policy")
+    public static let serverEvicted = MetricDefinition("respool_upstream_evicted_keys_total", .counter, "The server's evicted_keys (INFO).")
+    public static let serverRejected = MetricDefinition("respool_upstream_rejected_connections_total", .counter, "The server's rejected_connections (INFO).")
 
     /// Every definition, in exposition order.
     public static let all: [MetricDefinition] = [
         clients, clientsAccepted, clientsRejected, clientsClosed, protocolErrors, upstreams, upstreamsMax, leasesGranted,
         waitQueue, waitTimeouts, commands, bytes, upstreamConnects, upstreamFailures, upstreamLost, upstreamRecycled,
-        commandTimeouts, pubsubChannels, pubsubMessages, keys, uptime,
+        commandTimeouts, pubsubChannels, pubsubMessages, keys, uptime, oomErrors, serverClients, serverMaxClients,
+        serverUsedMemory, serverMaxMemory, serverEvicted, serverRejected,
     ]
 
     /// Prometheus text exposition format 0.0.4.

@@ -44,6 +44,8 @@ struct RespoolCommand: ParsableCommand {
     @Option(name: .customLong("server-check-after"), help: help("RESPOOL_SERVER_CHECK_AFTER")) var serverCheckAfter: String?
     @Option(name: .customLong("stats-bind"), help: help("RESPOOL_STATS_BIND")) var statsBind: String?
     @Option(name: .customLong("stats-port"), help: help("RESPOOL_STATS_PORT")) var statsPort: String?
+    @Option(name: .customLong("stats-interval"), help: help("RESPOOL_STATS_INTERVAL")) var statsInterval: String?
+    @Option(name: .customLong("advisor-interval"), help: help("RESPOOL_ADVISOR_INTERVAL")) var advisorInterval: String?
     @Option(name: .customLong("max-pipeline"), help: help("RESPOOL_MAX_PIPELINE")) var maxPipeline: String?
     @Option(name: .customLong("client-output-limit"), help: help("RESPOOL_CLIENT_OUTPUT_LIMIT")) var clientOutputLimit: String?
     @Option(name: .customLong("client-output-soft-limit"), help: help("RESPOOL_CLIENT_OUTPUT_SOFT_LIMIT")) var clientOutputSoftLimit: String?
@@ -81,6 +83,7 @@ struct RespoolCommand: ParsableCommand {
             ("RESPOOL_SERVER_IDLE_TIMEOUT", serverIdleTimeout), ("RESPOOL_SERVER_LIFETIME", serverLifetime),
             ("RESPOOL_SERVER_KEEPALIVE", serverKeepalive), ("RESPOOL_COMMAND_TIMEOUT", commandTimeout),
             ("RESPOOL_SERVER_CHECK_AFTER", serverCheckAfter), ("RESPOOL_STATS_BIND", statsBind), ("RESPOOL_STATS_PORT", statsPort),
+            ("RESPOOL_STATS_INTERVAL", statsInterval), ("RESPOOL_ADVISOR_INTERVAL", advisorInterval),
             ("RESPOOL_MAX_PIPELINE", maxPipeline), ("RESPOOL_CLIENT_OUTPUT_LIMIT", clientOutputLimit),
             ("RESPOOL_CLIENT_OUTPUT_SOFT_LIMIT", clientOutputSoftLimit), ("RESPOOL_CLIENT_OUTPUT_SOFT_SECONDS", clientOutputSoftSeconds), ("RESPOOL_TRANSACTION_IDLE_TIMEOUT", transactionIdleTimeout),
         ]

@@ -138,4 +138,37 @@ final class StatsEndpointTests: IntegrationTestCase {
             XCTAssertEqual(status, 200, "healthz after the upstream came back: \(body)")
         }
     }
+
+    /// The advisor on a server with maxmemory 1mb and noeviction, filled until writes fail: a warning line for
+    /// noeviction near maxmemory and for OOM errors, the figures as metrics (policy as a label), the advice in /stats.
+    func testAdvisorWarnsOnNoevictionNearMaxmemory() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(redisArgs: ["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"],
+                                env: ["RESPOOL_ADVISOR_INTERVAL": "0.5"]) { _, respool in
+            guard let port = statsPort(respool) else { return XCTFail("no stats port") }
+            let c = try respool.client()
+            let value = String(repeating: "x", count: 20_000)
+            var oom = 0
+            for i in 0..<2000 where oom < 3 {
+                let r = try c.command("SET", "fill:\(i)", value)
+                if r.isError(prefix: "OOM") { oom += 1 } else if r != Reply.ok { return XCTFail("SET: \(show(r))") }
+            }
+            XCTAssertGreaterThan(oom, 0, "the server never refused a write")
+            var out = ""
+            for _ in 0..<100 {
+                out = respool.stdoutText
+                if out.contains("advice=noeviction_near_maxmemory") && out.contains("advice=oom_errors") { break }
+                sleepSeconds(0.1)
+            }
+            XCTAssertTrue(out.contains("advice=noeviction_near_maxmemory"), out)
+            XCTAssertTrue(out.contains("advice=oom_errors"), out)
+            let samples = try parsePrometheus(try get(port, "/metrics").1)
+            XCTAssertEqual(samples["respool_upstream_maxmemory_bytes{policy=noeviction}"], Double(2 << 20), "\(samples.keys.sorted())")
+            XCTAssertGreaterThanOrEqual(samples["respool_oom_errors_total{}"] ?? 0, Double(oom))
+            XCTAssertNotNil(samples["respool_upstream_used_memory_bytes{}"])
+            let stats = try JSONSerialization.jsonObject(with: Data(try get(port, "/stats").1.utf8)) as? [String: Any]
+            let codes = (stats?["advice"] as? [[String: Any]])?.compactMap { $0["code"] as? String } ?? []
+            XCTAssertTrue(codes.contains("noeviction_near_maxmemory"), "\(codes)")
+        }
+    }
 }

@@ -184,3 +184,21 @@ final class MetricsTests: XCTestCase {
         XCTAssertEqual(Metrics.jsonString("a\"b\\c\n\u{1}"), #""a\"b\\c\n\u0001""#)
     }
 }
+
+final class AdvisorTests: XCTestCase {
+    func testFiguresAndAdvice() {
+        let info = "# Clients\r\nconnected_clients:85\r\nmaxclients:100\r\n# Memory\r\nused_memory:950000\r\nmaxmemory:1000000\r\nmaxmemory_policy:noeviction\r\n# Stats\r\nevicted_keys:0\r\nrejected_connections:2\r\n"
+        let f = ServerFigures(info: info)
+        XCTAssertEqual(f.connectedClients, 85)
+        XCTAssertEqual(f.maxClients, 100)
+        XCTAssertEqual(f.usedMemory, 950_000)
+        XCTAssertEqual(f.maxMemory, 1_000_000)
+        XCTAssertEqual(f.maxMemoryPolicy, "noeviction")
+        XCTAssertEqual(f.rejectedConnections, 2)
+        XCTAssertEqual(Advisor.advise(f, oomErrorsSinceLastPoll: 1, keysSinceLastPoll: 0), [.noevictionNearFull, .clientsNearMax, .oomErrors])
+        var healthy = f
+        healthy.maxMemoryPolicy = "allkeys-lru"
+        healthy.connectedClients = 10
+        XCTAssertEqual(Advisor.advise(healthy, oomErrorsSinceLastPoll: 0, keysSinceLastPoll: 3), [.keysUsed])
+    }
+}
