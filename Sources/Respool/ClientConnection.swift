@@ -257,7 +257,10 @@ final class ClientConnection: Connection {
                 if stall == .pool { proxy.pool.addWaiter(self) }
                 return
             }
-            waitStart = nil
+            if let started = waitStart {
+                proxy.waitDurations.record(proxy.base.now() - started)
+                waitStart = nil
+            }
             if isClosed || closeAfterFlush { return }
             if all.count > pendingLength {
                 process(UnsafeRawBufferPointer(rebasing: all[pendingLength...]))
@@ -273,6 +276,7 @@ final class ClientConnection: Connection {
     func waitTimedOut(cap: Int) {
         guard stall == .pool, !isClosed else { return }
         stall = .none
+        if let started = waitStart { proxy.waitDurations.record(proxy.base.now() - started) }
         waitStart = nil
         proxy.stats.waitTimeouts &+= 1
         let bytes = partial.copyBytes()

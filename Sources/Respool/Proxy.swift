@@ -239,6 +239,11 @@ public final class Proxy: AcceptHandler {
 
     // MARK: advisor and periodic stats
 
+    /// Latency of sampled commands (read to reply handed over) and of waits for a connection.
+    var commandDurations = Histogram()
+    var waitDurations = Histogram()
+    var sampleCountdown = 0
+
     private(set) var serverFigures = ServerFigures()
     private(set) var advice: [Advice] = []
     private var adviceWarnedAt: [Advice: Double] = [:]
@@ -270,6 +275,8 @@ public final class Proxy: AcceptHandler {
                     "upstreams_leased": "\(pool.leasedCount)", "commands_per_s": "\(Int(rate))", "waiting": "\(pool.waiterCount)",
                     "wait_timeouts": "\(stats.waitTimeouts)", "commands_failed": "\(stats.commandsFailed)",
                     "protocol_errors": "\(stats.protocolErrors)", "oom_errors": "\(stats.oomErrors)",
+                    "p50_le": "\(commandDurations.quantile(0.5).map { "\($0)s" } ?? "-")",
+                    "p99_le": "\(commandDurations.quantile(0.99).map { "\($0)s" } ?? "-")",
                 ])
             }
         }

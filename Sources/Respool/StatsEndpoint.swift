@@ -67,6 +67,8 @@ final class StatsEndpoint: HTTPHandler {
             MetricValues(Metrics.pubsubMessages, d(s.pubsubMessagesFannedOut)),
             MetricValues(Metrics.keys, [("seen", d(s.keysSeen)), ("denied", d(s.keysDenied)), ("scanned", d(s.keysScanned))]),
             MetricValues(Metrics.uptime, proxy.uptime),
+            MetricValues(Metrics.commandDuration, histogram: proxy.commandDurations),
+            MetricValues(Metrics.waitDuration, histogram: proxy.waitDurations),
             MetricValues(Metrics.oomErrors, d(s.oomErrors)),
         ] + serverValues()
     }

@@ -2,7 +2,42 @@
 // document are both generated from these definitions and the values the driver samples.
 
 public enum MetricKind: String, Sendable {
-    case counter, gauge
+    case counter, gauge, histogram
+}
+
+/// A fixed-bucket histogram of seconds (cheap to record on the event loop: a short scan of the bounds).
+public struct Histogram: Sendable, Equatable {
+    public static let defaultBounds: [Double] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+    public let bounds: [Double]
+    /// counts[i] = observations <= bounds[i] and > bounds[i-1]; the last slot is above every bound.
+    public private(set) var counts: [Int]
+    public private(set) var sum = 0.0
+    public private(set) var count = 0
+
+    public init(bounds: [Double] = Histogram.defaultBounds) {
+        self.bounds = bounds
+        counts = Array(repeating: 0, count: bounds.count + 1)
+    }
+
+    public mutating func record(_ seconds: Double) {
+        var i = 0
+        while i < bounds.count && seconds > bounds[i] { i += 1 }
+        counts[i] += 1
+        sum += seconds
+        count += 1
+    }
+
+    /// The upper bound of the bucket holding quantile q (0...1), or nil without observations.
+    public func quantile(_ q: Double) -> Double? {
+        guard count > 0 else { return nil }
+        let rank = Int((Double(count) * q).rounded(.up))
+        var seen = 0
+        for (i, c) in counts.enumerated() {
+            seen += c
+            if seen >= max(1, rank) { return i < bounds.count ? bounds[i] : .infinity }
+        }
+        return .infinity
+    }
 }
 
 public struct MetricDefinition: Sendable, Hashable {
@@ -20,10 +55,18 @@ public struct MetricDefinition: Sendable, Hashable {
     }
 }
 
-/// One metric's values: (label value, value); the label value is nil for an unlabelled metric.
+/// One metric's values: (label value, value); the label value is nil for an unlabelled metric. A histogram carries
+/// its buckets instead.
 public struct MetricValues: Sendable {
     public let definition: MetricDefinition
     public var samples: [(label: String?, value: Double)]
+    public var histogram: Histogram?
+
+    public init(_ definition: MetricDefinition, histogram: Histogram) {
+        self.definition = definition
+        samples = []
+        self.histogram = histogram
+    }
 
     public init(_ definition: MetricDefinition, _ samples: [(label: String?, value: Double)]) {
         self.definition = definition
@@ -57,6 +100,8 @@ public enum Metrics {
     public static let pubsubMessages = MetricDefinition("respool_pubsub_messages_delivered_total", .counter, "Pub/sub messages delivered to clients.")
     public static let keys = MetricDefinition("respool_keys_total", .counter, "KEYS commands seen by the guard, by action.", label: "action")
     public static let uptime = MetricDefinition("respool_uptime_seconds", .gauge, "Seconds since respool started.")
+    public static let commandDuration = MetricDefinition("respool_command_duration_seconds", .histogram, "Time from a request read to its reply handed to the client (1 in 16 commands sampled).")
+    public static let waitDuration = MetricDefinition("respool_wait_duration_seconds", .histogram, "Time clients waited for an upstream connection.")
     public static let oomErrors = MetricDefinition("respool_oom_errors_total", .counter, "OOM error replies passed to clients.")
     public static let serverClients = MetricDefinition("respool_upstream_connected_clients", .gauge, "The server's connected_clients (INFO), all apps included.")
     public static let serverMaxClients = MetricDefinition("respool_upstream_maxclients", .gauge, "The server's maxclients (INFO).")
@@ -69,7 +114,7 @@ public enum Metrics {
     public static let all: [MetricDefinition] = [
         clients, clientsAccepted, clientsRejected, clientsClosed, protocolErrors, upstreams, upstreamsMax, leasesGranted,
         waitQueue, waitTimeouts, commands, bytes, upstreamConnects, upstreamFailures, upstreamLost, upstreamRecycled,
-        commandTimeouts, pubsubChannels, pubsubMessages, keys, uptime, oomErrors, serverClients, serverMaxClients,
+        commandTimeouts, pubsubChannels, pubsubMessages, keys, uptime, commandDuration, waitDuration, oomErrors, serverClients, serverMaxClients,
         serverUsedMemory, serverMaxMemory, serverEvicted, serverRejected,
     ]
 
@@ -79,6 +124,15 @@ public enum Metrics {
         for v in values {
             let d = v.definition
             out += "# HELP \(d.name) \(d.help)\n# TYPE \(d.name) \(d.kind.rawValue)\n"
+            if let h = v.histogram {
+                var cumulative = 0
+                for (i, bound) in h.bounds.enumerated() {
+                    cumulative += h.counts[i]
+                    out += "\(d.name)_bucket{le=\"\(String(bound))\"} \(cumulative)\n"
+                }
+                out += "\(d.name)_bucket{le=\"+Inf\"} \(h.count)\n\(d.name)_sum \(h.sum)\n\(d.name)_count \(h.count)\n"
+                continue
+            }
             for s in v.samples {
                 if let label = d.label, let lv = s.label {
                     out += "\(d.name){\(label)=\"\(escapeLabel(lv))\"} \(number(s.value))\n"
@@ -94,7 +148,11 @@ public enum Metrics {
     public static func json(_ values: [MetricValues]) -> String {
         var parts: [String] = []
         for v in values {
-            if v.definition.label == nil {
+            if let h = v.histogram {
+                let p50 = h.quantile(0.5).map { $0.isFinite ? number($0) : "null" } ?? "null"
+                let p99 = h.quantile(0.99).map { $0.isFinite ? number($0) : "null" } ?? "null"
+                parts.append("\(jsonString(v.definition.name)):{\"count\":\(h.count),\"sum\":\(h.sum),\"p50_le\":\(p50),\"p99_le\":\(p99)}")
+            } else if v.definition.label == nil {
                 parts.append("\(jsonString(v.definition.name)):\(number(v.samples.first?.value ?? 0))")
             } else {
                 let inner = v.samples.map { "\(jsonString($0.label ?? "")):\(number($0.value))" }.joined(separator: ",")

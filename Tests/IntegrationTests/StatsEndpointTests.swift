@@ -80,6 +80,10 @@ final class StatsEndpointTests: IntegrationTestCase {
             XCTAssertEqual(after["respool_clients{}"], 1, "one client open")
             XCTAssertGreaterThanOrEqual(after["respool_leases_granted_total{}"] ?? 0, 1)
             XCTAssertEqual(after["respool_upstream_connections_max{}"], 3)
+            let sampled = after["respool_command_duration_seconds_count{}"] ?? 0
+            XCTAssertGreaterThanOrEqual(sampled, 3, "1 in 16 of 52 commands sampled")
+            XCTAssertEqual(after["respool_command_duration_seconds_bucket{le=+Inf}"], sampled)
+            XCTAssertGreaterThan(after["respool_command_duration_seconds_sum{}"] ?? 0, 0)
             for path in ["/metrics", "/stats", "/clients", "/upstreams", "/healthz"] {
                 let (_, body) = try get(port, path)
                 XCTAssertFalse(body.contains(secret), "the upstream password appeared in \(path)")
