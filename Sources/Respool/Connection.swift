@@ -14,6 +14,8 @@ class Connection: EventHandler {
     var writeArmed = false
     var isClosed = false
     var readEnabled = false
+    /// Set by upstream connections (for the byte counters' direction).
+    var isUpstream: Bool { false }
 
     init(proxy: Proxy, fd: Int32) {
         self.proxy = proxy

@@ -12,7 +12,13 @@ struct Stats {
     var clientsRejected = 0
     var clientBytesIn = 0
     var upstreamBytesIn = 0
+    /// Bytes written to clients and to upstream connections.
     var bytesOut = 0
+    var upstreamBytesOut = 0
+    /// Error replies from the server passed to clients, and commands sent on leases.
+    var errorReplies = 0
+    var repliesServed = 0
+    var commandsLeased = 0
     var commandsForwarded = 0
     var commandsLocal = 0
     var commandsRefused = 0
@@ -164,7 +170,7 @@ public final class Proxy: AcceptHandler {
 
     @inline(__always)
     func noteWritten(_ c: Connection, _ n: Int) {
-        stats.bytesOut &+= n
+        if c.isUpstream { stats.upstreamBytesOut &+= n } else { stats.bytesOut &+= n }
     }
 
     // MARK: clients

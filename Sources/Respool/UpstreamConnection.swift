@@ -176,6 +176,7 @@ final class UpstreamConnection: Connection {
     var pending: Int { fifo.count }
 
     override var canWrite: Bool { state != .connecting }
+    override var isUpstream: Bool { true }
 
     // MARK: connecting
 
@@ -268,6 +269,7 @@ final class UpstreamConnection: Connection {
                     streamed = 0
                     let entry = fifo.popFirst()!
                     commandsServed &+= 1
+                    proxy.stats.repliesServed &+= 1
                     entry.client!._withUnsafeGuaranteedRef { $0.replyDelivered() }
                     if fifo.isEmpty { proxy.pool.becameIdle(self) }
                     continue
@@ -316,7 +318,10 @@ final class UpstreamConnection: Connection {
                     continue
                 }
                 commandsServed &+= 1
+                proxy.stats.repliesServed &+= 1
                 if entry.since > 0 { proxy.commandDurations.record(monotonicNow() - entry.since) }
+                if framer.kind == UInt8(ascii: "-") { proxy.stats.errorReplies &+= 1 }
+                if leased { proxy.stats.commandsLeased &+= 1 }
                 if framer.kind == UInt8(ascii: "-") && prefix == 0 && end - fs > 4 &&
                    (base + fs + 1).load(as: UInt8.self) == UInt8(ascii: "O") && (base + fs + 2).load(as: UInt8.self) == UInt8(ascii: "O") &&
                    (base + fs + 3).load(as: UInt8.self) == UInt8(ascii: "M") {

@@ -90,6 +90,9 @@ public enum Metrics {
     public static let waitQueue = MetricDefinition("respool_wait_queue_length", .gauge, "Clients waiting for an upstream connection now.")
     public static let waitTimeouts = MetricDefinition("respool_wait_timeouts_total", .counter, "Waits for an upstream connection that timed out.")
     public static let commands = MetricDefinition("respool_commands_total", .counter, "Commands, by how respool handled them.", label: "outcome")
+    public static let commandsByClass = MetricDefinition("respool_commands_by_class_total", .counter, "Commands, by the kind of connection that served them.", label: "class")
+    public static let replies = MetricDefinition("respool_replies_total", .counter, "Server replies passed to clients, by outcome.", label: "outcome")
+    public static let pubsubSubscribers = MetricDefinition("respool_pubsub_subscribers", .gauge, "Clients subscribed to at least one channel, pattern or shard channel.")
     public static let bytes = MetricDefinition("respool_bytes_total", .counter, "Bytes moved, by direction.", label: "direction")
     public static let upstreamConnects = MetricDefinition("respool_upstream_connects_total", .counter, "Upstream connections opened.")
     public static let upstreamFailures = MetricDefinition("respool_upstream_connect_failures_total", .counter, "Upstream connects or handshakes that failed.")
@@ -113,7 +116,7 @@ public enum Metrics {
     /// Every definition, in exposition order.
     public static let all: [MetricDefinition] = [
         clients, clientsAccepted, clientsRejected, clientsClosed, protocolErrors, upstreams, upstreamsMax, leasesGranted,
-        waitQueue, waitTimeouts, commands, bytes, upstreamConnects, upstreamFailures, upstreamLost, upstreamRecycled,
+        waitQueue, waitTimeouts, commands, commandsByClass, replies, pubsubSubscribers, bytes, upstreamConnects, upstreamFailures, upstreamLost, upstreamRecycled,
         commandTimeouts, pubsubChannels, pubsubMessages, keys, uptime, commandDuration, waitDuration, oomErrors, serverClients, serverMaxClients,
         serverUsedMemory, serverMaxMemory, serverEvicted, serverRejected,
     ]

@@ -80,6 +80,10 @@ final class StatsEndpointTests: IntegrationTestCase {
             XCTAssertEqual(after["respool_clients{}"], 1, "one client open")
             XCTAssertGreaterThanOrEqual(after["respool_leases_granted_total{}"] ?? 0, 1)
             XCTAssertEqual(after["respool_upstream_connections_max{}"], 3)
+            XCTAssertEqual((after["respool_replies_total{outcome=ok}"] ?? 0) - (before["respool_replies_total{outcome=ok}"] ?? 0), 52,
+                           "52 OK replies (50 SETs, MULTI, EXEC)")
+            XCTAssertGreaterThanOrEqual(after["respool_commands_by_class_total{class=leased}"] ?? 0, 2, "MULTI and EXEC on a lease")
+            XCTAssertGreaterThan(after["respool_bytes_total{direction=to_upstream}"] ?? 0, 0)
             let sampled = after["respool_command_duration_seconds_count{}"] ?? 0
             XCTAssertGreaterThanOrEqual(sampled, 3, "1 in 16 of 52 commands sampled")
             XCTAssertEqual(after["respool_command_duration_seconds_bucket{le=+Inf}"], sampled)
