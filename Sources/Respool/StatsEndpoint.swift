@@ -61,7 +61,7 @@ final class StatsEndpoint: HTTPHandler {
                                                    ("pubsub", d(s.pubsubSubscribes)), ("local", d(s.commandsLocal))]),
             MetricValues(Metrics.replies, [("ok", d(s.repliesServed - s.errorReplies)),
                                            ("error", d(s.errorReplies)), ("proxy_error", d(s.commandsFailed + s.commandsRefused))]),
-            MetricValues(Metrics.pubsubSubscribers, d(proxy.clientsByID.filter { !$0.isClosed && $0.isSubscribed }.count)),
+            MetricValues(Metrics.pubsubSubscribers, d(proxy.clients.values.reduce(0) { $0 + (!$1.isClosed && $1.isSubscribed ? 1 : 0) })),
             MetricValues(Metrics.bytes, [("from_clients", d(s.clientBytesIn)), ("to_clients", d(s.bytesOut)),
                                          ("from_upstream", d(s.upstreamBytesIn)), ("to_upstream", d(s.upstreamBytesOut))]),
             MetricValues(Metrics.upstreamConnects, d(s.upstreamConnects)),
