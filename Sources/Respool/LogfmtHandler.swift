@@ -1,6 +1,7 @@
 // LogfmtHandler: swift-log lines as logfmt (ts=... level=... msg="..." key=value), one write(2) per line to stdout.
 import Glibc
 import Logging
+import RespoolCore
 
 public struct LogfmtHandler: LogHandler {
     public var logLevel: Logger.Level
@@ -35,23 +36,11 @@ public struct LogfmtHandler: LogHandler {
         }
     }
 
-    /// Quotes a value when it is empty or holds spaces, quotes, '=' or control characters.
+    /// Quotes a value when it is empty or holds spaces, quotes, '=' or control characters (JSON string escapes,
+    /// which logfmt parsers read).
     static func quote(_ s: String) -> String {
         let needs = s.isEmpty || s.utf8.contains { $0 <= 32 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "=") || $0 == 127 }
-        guard needs else { return s }
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 32 || u.value == 127 { out += "\\u{\(String(u.value, radix: 16))}" } else { out.unicodeScalars.append(u) }
-            }
-        }
-        return out + "\""
+        return needs ? Metrics.jsonString(s) : s
     }
 
     static func timestamp() -> String {
