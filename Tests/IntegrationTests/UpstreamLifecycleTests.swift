@@ -88,7 +88,9 @@ final class UpstreamLifecycleTests: IntegrationTestCase {
             let before = ids(try poolConnections(redis, name))
             sleepSeconds(4)
             assertReply(try c.command("GET", "k"), Reply.bulk("v"), "first command after 4s idle")
-            XCTAssertEqual(ids(try poolConnections(redis, name)), before, "the pooled connection survived the server's 2s timeout")
+            let after = ids(try poolConnections(redis, name))
+            XCTAssertFalse(before.isEmpty)
+            XCTAssertTrue(before.isSubset(of: after), "the pooled connections survived the server's 2s timeout: \(before) -> \(after)")
             XCTAssertFalse(respool.stdoutText.contains("upstream connection lost"), respool.stdoutText)
         }
     }
