@@ -83,13 +83,7 @@ final class ReplyFramerTests: XCTestCase {
         }
         var rng = SeededGenerator(seed: 11)
         for round in 0..<20 {
-            var cuts: [Int] = []
-            var at = 0
-            while at < stream.count {
-                at += round == 0 ? 1 : Int.random(in: 1...(round * 50), using: &rng)
-                cuts.append(at)
-            }
-            let t = feed(ReplyFramer(), stream, cuts: cuts)
+            let t = feed(ReplyFramer(), stream, cuts: randomCuts(stream.count, maxChunk: max(1, round * 50), &rng))
             XCTAssertNil(t.error)
             XCTAssertEqual(t.frames, ends)
             XCTAssertEqual(t.infos, kinds)
@@ -112,13 +106,7 @@ final class ReplyFramerTests: XCTestCase {
             ends.append(stream.count)
         }
         for maxChunk in [5, 200, 20_000] {
-            var cuts: [Int] = []
-            var at = 0
-            while at < stream.count {
-                at += Int.random(in: 1...maxChunk, using: &rng)
-                cuts.append(at)
-            }
-            let t = feed(ReplyFramer(), stream, cuts: cuts)
+            let t = feed(ReplyFramer(), stream, cuts: randomCuts(stream.count, maxChunk: maxChunk, &rng))
             XCTAssertNil(t.error)
             XCTAssertEqual(t.frames, ends)
             XCTAssertFalse(t.pending)

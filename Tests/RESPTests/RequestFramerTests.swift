@@ -67,13 +67,7 @@ final class RequestFramerTests: XCTestCase {
         }
         var rng = SeededGenerator(seed: 7)
         for round in 0..<20 {
-            var cuts: [Int] = []
-            var at = 0
-            while at < stream.count {
-                at += round == 0 ? 1 : Int.random(in: 1...(round * 50), using: &rng)
-                cuts.append(at)
-            }
-            let t = feed(RequestFramer(), stream, cuts: cuts)
+            let t = feed(RequestFramer(), stream, cuts: randomCuts(stream.count, maxChunk: max(1, round * 50), &rng))
             XCTAssertNil(t.error)
             XCTAssertEqual(t.frames, ends)
             XCTAssertEqual(t.infos, heads)
@@ -107,13 +101,7 @@ final class RequestFramerTests: XCTestCase {
             }
         }
         for round in 0..<3 {
-            var cuts: [Int] = []
-            var at = 0
-            while at < stream.count {
-                at += Int.random(in: 1...[7, 300, 9000][round], using: &rng)
-                cuts.append(at)
-            }
-            let t = feed(RequestFramer(), stream, cuts: cuts)
+            let t = feed(RequestFramer(), stream, cuts: randomCuts(stream.count, maxChunk: [7, 300, 9000][round], &rng))
             XCTAssertNil(t.error)
             XCTAssertEqual(t.frames, ends)
             XCTAssertEqual(t.infos, heads)

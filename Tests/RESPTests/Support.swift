@@ -16,6 +16,17 @@ struct SeededGenerator: RandomNumberGenerator {
 
 func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
 
+/// Cut points splitting `n` bytes into chunks of 1 to `maxChunk` bytes (the last one ends at or past `n`).
+func randomCuts(_ n: Int, maxChunk: Int, _ rng: inout SeededGenerator) -> [Int] {
+    var cuts: [Int] = []
+    var at = 0
+    while at < n {
+        at += maxChunk == 1 ? 1 : Int.random(in: 1...maxChunk, using: &rng)
+        cuts.append(at)
+    }
+    return cuts
+}
+
 /// What a framer reported over a whole stream: frames as absolute stream offsets, plus how it ended.
 struct Transcript<Info: Equatable>: Equatable {
     var frames: [Int] = []
