@@ -1,5 +1,6 @@
-// HTTPServer: a small evhttp server on the proxy's own event loop (the stats endpoint). Requests are answered
-// synchronously from the handler; nothing here blocks the loop.
+// HTTPServer: a small evhttp server on the proxy's own event loop (the stats endpoint). Most requests are answered
+// synchronously from the handler; one may also be answered later (an upstream PING for /healthz) through its
+// HTTPReply. Nothing here blocks the loop.
 internal import CLibevent
 import Glibc
 
@@ -9,12 +10,47 @@ open class HTTPHandler {
     open func respond(method: String, path: String) -> (status: Int32, contentType: String, body: [UInt8]) {
         (404, "text/plain", Array("not found\n".utf8))
     }
+
+    /// Answers now or later through `reply` (exactly once); by default with `respond(method:path:)`.
+    open func respond(method: String, path: String, reply: HTTPReply) {
+        let (status, contentType, body) = respond(method: method, path: path)
+        reply.send(status: status, contentType: contentType, body: body)
+    }
+}
+
+/// One request waiting for its answer. Sent once; the server answers any still unsent with 503 when it closes.
+public final class HTTPReply {
+    fileprivate var req: OpaquePointer?
+    fileprivate weak var server: HTTPServer?
+
+    fileprivate init(_ req: OpaquePointer, server: HTTPServer) {
+        self.req = req
+        self.server = server
+    }
+
+    public var isSent: Bool { req == nil }
+
+    public func send(status: Int32, contentType: String, body: [UInt8]) {
+        guard let req else { return }
+        self.req = nil
+        server?.pending.removeValue(forKey: ObjectIdentifier(self))
+        if let headers = evhttp_request_get_output_headers(req) {
+            evhttp_add_header(headers, "Content-Type", contentType)
+            evhttp_add_header(headers, "Cache-Control", "no-store")
+        }
+        let out = evhttp_request_get_output_buffer(req)
+        body.withUnsafeBytes { if $0.count > 0 { evbuffer_add(out, $0.baseAddress, $0.count) } }
+        // A request whose client has gone is freed by evhttp_send_reply without writing.
+        evhttp_send_reply(req, status, status == 200 ? "OK" : status == 503 ? "Service Unavailable" : "Not Found", nil)
+    }
 }
 
 public final class HTTPServer {
     private var raw: OpaquePointer?
     private let handler: HTTPHandler
     public private(set) var address: SocketAddress?
+    /// Requests answered later and not yet sent.
+    fileprivate var pending: [ObjectIdentifier: HTTPReply] = [:]
 
     public init(base: EventBase, host: String, port: Int, handler: HTTPHandler) throws(SystemError) {
         self.handler = handler
@@ -29,25 +65,22 @@ public final class HTTPServer {
         evhttp_set_allowed_methods(http, UInt16(EVHTTP_REQ_GET.rawValue | EVHTTP_REQ_HEAD.rawValue))
         evhttp_set_gencb(http, { req, arg in
             guard let req, let arg else { return }
-            Unmanaged<HTTPHandler>.fromOpaque(arg)._withUnsafeGuaranteedRef { h in HTTPServer.serve(req, h) }
-        }, Unmanaged.passUnretained(handler).toOpaque())
+            Unmanaged<HTTPServer>.fromOpaque(arg)._withUnsafeGuaranteedRef { $0.serve(req) }
+        }, Unmanaged.passUnretained(self).toOpaque())
     }
 
-    private static func serve(_ req: OpaquePointer, _ handler: HTTPHandler) {
+    private func serve(_ req: OpaquePointer) {
         let uri = evhttp_request_get_uri(req).map { String(cString: $0) } ?? "/"
         let path = String(uri.prefix { $0 != "?" })
         let method = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD ? "HEAD" : "GET"
-        let (status, contentType, body) = handler.respond(method: method, path: path)
-        if let headers = evhttp_request_get_output_headers(req) {
-            evhttp_add_header(headers, "Content-Type", contentType)
-            evhttp_add_header(headers, "Cache-Control", "no-store")
-        }
-        let out = evhttp_request_get_output_buffer(req)
-        body.withUnsafeBytes { if $0.count > 0 { evbuffer_add(out, $0.baseAddress, $0.count) } }
-        evhttp_send_reply(req, status, status == 200 ? "OK" : status == 503 ? "Service Unavailable" : "Not Found", nil)
+        let reply = HTTPReply(req, server: self)
+        pending[ObjectIdentifier(reply)] = reply
+        handler.respond(method: method, path: path, reply: reply)
     }
 
+    /// Answers what is still unanswered with 503, then frees the server.
     public func close() {
+        for r in Array(pending.values) { r.send(status: 503, contentType: "text/plain; charset=utf-8", body: Array("closing\n".utf8)) }
         if let raw { evhttp_free(raw) }
         raw = nil
     }

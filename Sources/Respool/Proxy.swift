@@ -133,6 +133,7 @@ public final class Proxy: AcceptHandler {
             base.runOnce()
             afterIteration()
         }
+        statsServer?.close()
         logger.info("respool stopped", metadata: ["exit_code": "\(exitCode)"])
         return exitCode
     }
@@ -170,7 +171,12 @@ public final class Proxy: AcceptHandler {
 
     @inline(__always)
     func noteWritten(_ c: Connection, _ n: Int) {
-        if c.isUpstream { stats.upstreamBytesOut &+= n } else { stats.bytesOut &+= n }
+        if c.isUpstream {
+            stats.upstreamBytesOut &+= n
+            unsafeDowncast(c, to: UpstreamConnection.self).startProbe()
+        } else {
+            stats.bytesOut &+= n
+        }
     }
 
     // MARK: clients
@@ -248,6 +254,8 @@ public final class Proxy: AcceptHandler {
     /// Latency of sampled commands (read to reply handed over) and of waits for a connection.
     var commandDurations = Histogram()
     var waitDurations = Histogram()
+    /// Upstream round trips (one request per connection at a time, see UpstreamConnection.startProbe).
+    var roundTrips = Histogram()
     var sampleCountdown = 0
 
     private(set) var serverFigures = ServerFigures()
@@ -283,6 +291,7 @@ public final class Proxy: AcceptHandler {
                     "protocol_errors": "\(stats.protocolErrors)", "oom_errors": "\(stats.oomErrors)",
                     "p50_le": "\(commandDurations.quantile(0.5).map { "\($0)s" } ?? "-")",
                     "p99_le": "\(commandDurations.quantile(0.99).map { "\($0)s" } ?? "-")",
+                    "upstream_p99_le": "\(roundTrips.quantile(0.99).map { "\($0)s" } ?? "-")",
                 ])
             }
         }
@@ -310,11 +319,43 @@ public final class Proxy: AcceptHandler {
 
     var subscribedChannels: Int { hubs.values.reduce(0) { $0 + $1.channelCount } }
 
-    /// Why respool is not healthy (nil when it is): it must accept clients and have a ready upstream connection.
-    func healthProblem() -> String? {
-        if shuttingDown { return "shutting down" }
-        if pool.upstreams.contains(where: { $0.state == .ready && !$0.isClosed }) { return nil }
-        return "no ready upstream connection" + (pool.lastError.map { " (\($0))" } ?? "")
+    // MARK: health (/healthz)
+
+    /// /healthz requests waiting for the upstream's answer to one PING (later requests join the one in flight).
+    private var healthWaiters: [HTTPReply] = []
+    private var healthTimer: (OneShot, Timer)?
+    static let healthTimeout = 2.0
+
+    /// Healthy means: respool accepts clients and the upstream answers PING on a shared connection within 2 s.
+    func checkHealth(_ reply: HTTPReply) {
+        var problem: String? = shuttingDown ? "shutting down" : nil
+        let u = pool.upstreams.first { !$0.leased && $0.hub == nil && $0.state == .ready && !$0.isClosed }
+        if problem == nil && u == nil {
+            problem = "no ready upstream connection" + (pool.lastError.map { " (\($0))" } ?? "")
+        }
+        if let problem {
+            StatsEndpoint.sendHealth(reply, problem: problem)
+            return
+        }
+        healthWaiters.append(reply)
+        if healthWaiters.count > 1 { return }
+        u!.healthPing()
+        if healthTimer == nil {
+            let h = OneShot { [weak self] in
+                self?.healthAnswered(problem: "upstream did not answer PING within \(Proxy.healthTimeout)s")
+            }
+            if let t = try? Timer(base: base, handler: h) { healthTimer = (h, t) }
+        }
+        healthTimer?.1.schedule(after: Proxy.healthTimeout)
+    }
+
+    /// The PING answered (problem nil), failed or timed out: every waiting /healthz request gets the verdict.
+    func healthAnswered(problem: String?) {
+        guard !healthWaiters.isEmpty else { return }   // a late PONG after the timeout
+        healthTimer?.1.cancel()
+        let waiters = healthWaiters
+        healthWaiters.removeAll()
+        for w in waiters { StatsEndpoint.sendHealth(w, problem: problem) }
     }
 
     /// Open and closing clients in the order they connected (CLIENT LIST, CLIENT KILL).

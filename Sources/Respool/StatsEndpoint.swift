@@ -12,6 +12,22 @@ final class StatsEndpoint: HTTPHandler {
         super.init()
     }
 
+    override func respond(method: String, path: String, reply: HTTPReply) {
+        if path == "/healthz" {
+            proxy.checkHealth(reply)
+        } else {
+            super.respond(method: method, path: path, reply: reply)
+        }
+    }
+
+    static func sendHealth(_ reply: HTTPReply, problem: String?) {
+        if let problem {
+            reply.send(status: 503, contentType: "text/plain; charset=utf-8", body: Array("unhealthy: \(problem)\n".utf8))
+        } else {
+            reply.send(status: 200, contentType: "text/plain; charset=utf-8", body: Array("ok\n".utf8))
+        }
+    }
+
     override func respond(method: String, path: String) -> (status: Int32, contentType: String, body: [UInt8]) {
         switch path {
         case "/metrics":
@@ -22,11 +38,6 @@ final class StatsEndpoint: HTTPHandler {
             return (200, "application/json", Array(clientsDocument().utf8))
         case "/upstreams":
             return (200, "application/json", Array(upstreamsDocument().utf8))
-        case "/healthz":
-            if let problem = proxy.healthProblem() {
-                return (503, "text/plain; charset=utf-8", Array("unhealthy: \(problem)\n".utf8))
-            }
-            return (200, "text/plain; charset=utf-8", Array("ok\n".utf8))
         default:
             return (404, "text/plain; charset=utf-8", Array("not found; try /metrics, /stats, /clients, /upstreams or /healthz\n".utf8))
         }
@@ -75,6 +86,7 @@ final class StatsEndpoint: HTTPHandler {
             MetricValues(Metrics.uptime, proxy.uptime),
             MetricValues(Metrics.commandDuration, histogram: proxy.commandDurations),
             MetricValues(Metrics.waitDuration, histogram: proxy.waitDurations),
+            MetricValues(Metrics.roundTrip, histogram: proxy.roundTrips),
             MetricValues(Metrics.oomErrors, d(s.oomErrors)),
         ] + serverValues()
     }

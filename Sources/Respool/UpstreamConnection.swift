@@ -15,7 +15,8 @@ final class UpstreamConnection: Connection {
         /// `silent`: a client's command whose reply it asked not to get (CLIENT REPLY OFF/SKIP): dropped on arrival.
         /// `scan`: one SCAN step of a client's KEYS answered by scanning (RESPOOL_KEYS=scan); consumed by respool.
         /// `commandTable`: the COMMAND reply that classifies module and newer commands (once per process).
-        enum Kind: UInt8 { case client, silent, scan, hello, select, retarget, commandTable, keepalive, advisorInfo }
+        /// `health`: the PING of a /healthz request, answered by respool to the HTTP client.
+        enum Kind: UInt8 { case client, silent, scan, hello, select, retarget, commandTable, keepalive, advisorInfo, health }
         var kind: Kind
         var client: Unmanaged<ClientConnection>?
         /// When the request was read (monotonic seconds) for the 1 in 16 sampled for the latency histogram, else 0.
@@ -116,6 +117,13 @@ final class UpstreamConnection: Connection {
         markDirty()
     }
 
+    /// The PING of /healthz (its reply goes to Proxy.healthAnswered).
+    func healthPing() {
+        out.append(RESPWriter.command(["PING"]))
+        push(Entry(kind: .health, client: nil))
+        markDirty()
+    }
+
     /// Asks the server for INFO for the advisor (consumed by respool).
     func requestInfo() {
         out.append(RESPWriter.command(["INFO"]))
@@ -163,6 +171,32 @@ final class UpstreamConnection: Connection {
     private func push(_ e: Entry) {
         if timingCommands && fifo.isEmpty { headSince = proxy.base.now() }
         fifo.append(e)
+        pushedTotal &+= 1
+    }
+
+    /// FIFO entries ever pushed; `pushedTotal - fifo.count` of them have been answered.
+    private var pushedTotal = 0
+    /// The round-trip probe: one request per connection at a time is timed from the write that carried it to the
+    /// read that completed its reply (`probeSeq` is its number plus one, 0 = no probe running).
+    private var probeSeq = 0
+    private var probeStart = 0.0
+
+    /// Output was written: if no probe is running, time the last request written.
+    @inline(__always)
+    func startProbe() {
+        if probeSeq == 0 && !fifo.isEmpty && state == .ready {
+            probeSeq = pushedTotal
+            probeStart = monotonicNow()
+        }
+    }
+
+    /// After a read: the probed request's reply has been read.
+    @inline(__always)
+    private func finishProbe() {
+        if probeSeq != 0 && pushedTotal &- fifo.count >= probeSeq {
+            probeSeq = 0
+            proxy.roundTrips.record(monotonicNow() - probeStart)
+        }
     }
 
     func enqueueScan(client: ClientConnection) {
@@ -219,6 +253,7 @@ final class UpstreamConnection: Connection {
         case .data(let n):
             proxy.stats.upstreamBytesIn &+= n
             process(UnsafeRawBufferPointer(start: scratch, count: n))
+            if !isClosed { finishProbe() }
         case .wouldBlock:
             return
         case .eof:
@@ -403,6 +438,16 @@ final class UpstreamConnection: Connection {
             if fifo.isEmpty { proxy.pool.becameIdle(self) }
             return true
         }
+        if kind == .health {
+            if isError {
+                let text = ((try? RESPDecoder.decode(bytes)) ?? nil)?.value.string ?? "error"
+                proxy.healthAnswered(problem: "upstream answered PING with \(text)")
+            } else {
+                proxy.healthAnswered(problem: nil)
+            }
+            if fifo.isEmpty { proxy.pool.becameIdle(self) }
+            return true
+        }
         if kind == .commandTable {
             if isError {
                 proxy.logger.notice("COMMAND refused by the server; using the built-in command table only")
@@ -472,6 +517,7 @@ final class UpstreamConnection: Connection {
     private func answerAll(with line: [UInt8]) -> Int {
         var answered = 0
         while let e = fifo.popFirst() {
+            if e.kind == .health { proxy.healthAnswered(problem: "the upstream connection closed before answering PING") }
             guard e.kind == .client || e.kind == .silent || e.kind == .scan, let c = e.client else { continue }
             let silent = e.kind == .silent
             answered += 1

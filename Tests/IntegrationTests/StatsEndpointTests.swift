@@ -88,6 +88,11 @@ final class StatsEndpointTests: IntegrationTestCase {
             XCTAssertGreaterThanOrEqual(sampled, 3, "1 in 16 of 52 commands sampled")
             XCTAssertEqual(after["respool_command_duration_seconds_bucket{le=+Inf}"], sampled)
             XCTAssertGreaterThan(after["respool_command_duration_seconds_sum{}"] ?? 0, 0)
+            // One request at a time: every SET's round trip is timed (MULTI and EXEC too, on the lease).
+            let trips = (after["respool_upstream_round_trip_seconds_count{}"] ?? 0) - (before["respool_upstream_round_trip_seconds_count{}"] ?? 0)
+            XCTAssertGreaterThanOrEqual(trips, 50, "round trips timed")
+            XCTAssertLessThanOrEqual(trips, 60, "at most one probe per request")
+            XCTAssertEqual(after["respool_upstream_round_trip_seconds_bucket{le=+Inf}"], after["respool_upstream_round_trip_seconds_count{}"])
             for path in ["/metrics", "/stats", "/clients", "/upstreams", "/healthz"] {
                 let (_, body) = try get(port, path)
                 XCTAssertFalse(body.contains(secret), "the upstream password appeared in \(path)")
@@ -127,9 +132,23 @@ final class StatsEndpointTests: IntegrationTestCase {
         try requireRealRespool()
         try withRedisAndRespool { redis, respool in
             guard let port = statsPort(respool) else { return XCTFail("no stats port") }
-            XCTAssertEqual(try get(port, "/healthz").0, 200)
-            redis.stop()
             var status = 0, body = ""
+            // The first upstream connection may still be connecting right after start-up.
+            for _ in 0..<100 {
+                (status, body) = try get(port, "/healthz")
+                if status == 200 { break }
+                sleepSeconds(0.05)
+            }
+            XCTAssertEqual(status, 200, "healthz after start-up: \(body)")
+            // A hung server keeps its connections open: only the PING tells.
+            redis.pause()
+            (status, body) = try get(port, "/healthz")
+            redis.resume()
+            XCTAssertEqual(status, 503, body)
+            XCTAssertTrue(body.contains("did not answer PING within 2"), body)
+            (status, body) = try get(port, "/healthz")
+            XCTAssertEqual(status, 200, "healthz after the server resumed: \(body)")
+            redis.stop()
             for _ in 0..<100 {
                 (status, body) = try get(port, "/healthz")
                 if status == 503 { break }

@@ -125,6 +125,10 @@ final class RedisServer: @unchecked Sendable {
         process = nil
     }
 
+    /// SIGSTOP / SIGCONT: the server hangs with its connections open (as behind a network partition).
+    func pause() { process?.signal(SIGSTOP) }
+    func resume() { process?.signal(SIGCONT) }
+
     /// SIGKILL: the upstream vanishes without closing anything gracefully.
     func kill() {
         process?.killAndWait()
