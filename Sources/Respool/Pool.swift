@@ -49,7 +49,16 @@ final class Pool: EventHandler {
 
     var count: Int { upstreams.count }
 
-    /// Picks the connection for a client that has no command in flight.
+    /// Fill-first packing. redis-server runs one command at a time whatever the connection, so spreading clients over
+    /// connections buys it no parallelism; it only makes every batch smaller (more reads, writes and wake-ups for the
+    /// server per command: measured ~2x the server's CPU per GET at -c 500 with 4 connections spread evenly). A busy
+    /// connection still takes new clients while it has fewer than `packLimit` requests unanswered, is not streaming
+    /// a large reply and has less than `packBytes` still to write (so a big value does not hold up small commands
+    /// queued behind it); past that the least-loaded connection, or a new one within the cap, is used.
+    static let packLimit = 256
+    static let packBytes = 256 << 10
+
+    /// Picks the connection for a client that has no command in flight (fill-first, see `packLimit`).
     func acquire(proto: Int, db: Int) -> Acquire {
         var best: Unmanaged<UpstreamConnection>? = nil
         var bestLoad = Int.max
@@ -57,6 +66,10 @@ final class Pool: EventHandler {
             let load = um._withUnsafeGuaranteedRef { u -> Int in
                 if u.proto != proto || u.db != db || u.retiring { return Int.max }
                 return u.state == .ready ? u.pending : u.pending + 1_000_000
+            }
+            if load > 0 && load < Pool.packLimit && um._withUnsafeGuaranteedRef({ $0.streamed == 0 && $0.out.count < Pool.packBytes }) {
+                // Fill-first: the first connection (in opening order) that is not too far behind takes the client.
+                return .ready(um)
             }
             if load < bestLoad {
                 best = um
