@@ -51,11 +51,12 @@ final class Pool: EventHandler {
 
     /// Fill-first packing. redis-server runs one command at a time whatever the connection, so spreading clients over
     /// connections buys it no parallelism; it only makes every batch smaller (more reads, writes and wake-ups for the
-    /// server per command: measured ~2x the server's CPU per GET at -c 500 with 4 connections spread evenly). A busy
-    /// connection still takes new clients while it has fewer than `packLimit` requests unanswered, is not streaming
-    /// a large reply and has less than `packBytes` still to write (so a big value does not hold up small commands
-    /// queued behind it); past that the least-loaded connection, or a new one within the cap, is used.
-    static let packLimit = 256
+    /// server per command). A busy connection keeps taking clients while it has fewer than `packLimit` requests
+    /// unanswered, is not streaming a large reply and has less than `packBytes` still to write (so a big value does
+    /// not hold up small commands queued behind it, and a server that reads slowly spreads the load); past that the
+    /// least-loaded connection, or a new one within the cap, is used. Measured A/B (docs/ARCHITECTURE.md): a limit of
+    /// 256 requests was slower at -c 50 -P 16 than one connection taking everything.
+    static let packLimit = 8192
     static let packBytes = 256 << 10
 
     /// Picks the connection for a client that has no command in flight (fill-first, see `packLimit`).

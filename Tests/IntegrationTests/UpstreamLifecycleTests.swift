@@ -36,22 +36,22 @@ final class UpstreamLifecycleTests: IntegrationTestCase {
                 }
             }
             XCTAssertEqual(failures.count, 0, failures.summary)
-            // Fill-first: at most 40 requests in flight never push a connection past Pool.packLimit (256).
+            // Fill-first: at most 40 small requests in flight never push a connection past Pool.packLimit (8192).
             XCTAssertEqual(try poolConnections(redis, name).count, 2, "light load stays on the connections already open")
             // A connection far behind is passed over: a script holds the server for 300 ms while three clients
-            // each queue 300 commands; the second and third find the connections open so far too busy.
+            // each queue 8,200 commands; the second and third find the connections open so far too busy.
             let busy = "local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] " +
                 "repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - s > 300000 return 1"
             let clients = try (0..<3).map { _ in try TestClient(endpoint, timeout: 10) }
             for (k, c) in clients.enumerated() {
                 var payload = k == 0 ? RESPWriter.command(["EVAL", busy, "0"]) : []
-                for i in 0..<300 { payload += RESPWriter.command(["ECHO", "c\(k)-\(i)"]) }
+                for i in 0..<8200 { payload += RESPWriter.command(["ECHO", "c\(k)-\(i)"]) }
                 try c.send(payload)
                 sleepSeconds(0.02)
             }
             for (k, c) in clients.enumerated() {
                 if k == 0 { assertReply(try c.readValue(), .integer(1)) }
-                for i in 0..<300 { assertReply(try c.readValue(), Reply.bulk("c\(k)-\(i)")) }
+                for i in 0..<8200 { assertReply(try c.readValue(), Reply.bulk("c\(k)-\(i)")) }
             }
             XCTAssertGreaterThan(try poolConnections(redis, name).count, 2, "the pool grew once its connections fell behind")
             // Closed at the first janitor tick (once a second) after 1 s of idleness: poll for up to 5 s.
