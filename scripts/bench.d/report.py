@@ -67,6 +67,7 @@ def main():
     rows = OrderedDict()  # row -> [cmd, ...] in order seen
     sysc = OrderedDict()  # run -> {target: calls/request}
     mem = {}
+    scrapes = []  # "scrapes=N failures=F max_ms=M bytes=B" per run of respool+scrape
     rounds = set()
     with open(a.results) as f:
         for line in f:
@@ -87,6 +88,8 @@ def main():
                 sysc.setdefault(run, {})[target] = None if calls == "n/a" else int(calls) / int(reqs)
             elif p[0] == "mem":
                 mem[p[1]] = [int(x) for x in p[2:]]
+            elif p[0] == "scrape":
+                scrapes.append(dict(kv.split("=", 1) for kv in p[3].split()))
 
     print(f"Throughput (redis-benchmark ops/s, median of {len(rounds)} round(s); ratios of medians)")
     out = []
@@ -107,6 +110,23 @@ def main():
     if len(rounds) > 1:
         print("largest spread across rounds, (max-min)/median: " + ", ".join(
             f"{t} {w[0] * 100:.0f}% ({w[1]})" for t, w in worst.items() if w[1]))
+
+    if scrapes:
+        print()
+        n = sum(int(x.get("scrapes", 0)) for x in scrapes)
+        failed = sum(int(x.get("failures", 0)) for x in scrapes)
+        slowest = max(float(x.get("max_ms", 0)) for x in scrapes)
+        size = max(int(x.get("bytes", 0)) for x in scrapes)
+        print(f"Scraping cost: respool while /metrics is scraped 10 times a second, against respool alone "
+              f"(same process, interleaved; {n} scrapes of {size:,} bytes, {failed} failed, slowest {slowest:.1f} ms)")
+        out = []
+        for row, cmds in rows.items():
+            for cmd in cmds:
+                plain = median(rps.get((row, cmd, "respool"), []))
+                scraped = median(rps.get((row, cmd, "respool+scrape"), []))
+                out.append([row, cmd, fmt_int(plain), fmt_int(scraped), fmt_ratio(scraped, plain)])
+        print(table(["row", "cmd", "respool ops/s", "respool+scrape ops/s", "scraped/plain"], out, ["<", "<", ">", ">", ">"]))
+        print("(the ratio is within noise when it lies inside the spread of respool's own rounds, shown above)")
 
     print()
     print(f"Proxy CPU per request (µs, utime+stime of the proxy over the row's run (SET and GET) / its requests; "
