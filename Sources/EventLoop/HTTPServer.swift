@@ -28,20 +28,61 @@ public final class HTTPReply {
         self.server = server
     }
 
+    /// Set once a streamed answer has begun (`start`); it is then finished with `end`.
+    public private(set) var isStreaming = false
+
     public var isSent: Bool { req == nil }
 
     public func send(status: Int32, contentType: String, body: [UInt8]) {
+        if isStreaming {
+            chunk(body)
+            end()
+            return
+        }
         guard let req else { return }
         self.req = nil
         server?.pending.removeValue(forKey: ObjectIdentifier(self))
+        setHeaders(req, contentType)
+        let out = evhttp_request_get_output_buffer(req)
+        body.withUnsafeBytes { if $0.count > 0 { evbuffer_add(out, $0.baseAddress, $0.count) } }
+        // A request whose client has gone is freed by evhttp_send_reply without writing.
+        evhttp_send_reply(req, status, HTTPReply.reason(status), nil)
+    }
+
+    /// Begins an answer sent in parts over several loop iterations (chunked for HTTP/1.1; HTTP/1.0 clients get
+    /// the parts and a closed connection), so a large document never holds up the data path.
+    public func start(status: Int32, contentType: String) {
+        guard let req, !isStreaming else { return }
+        isStreaming = true
+        setHeaders(req, contentType)
+        evhttp_send_reply_start(req, status, HTTPReply.reason(status))
+    }
+
+    /// One part of a streamed answer (dropped by evhttp if the client has gone).
+    public func chunk(_ body: [UInt8]) {
+        guard let req, isStreaming, !body.isEmpty, let buf = evbuffer_new() else { return }
+        body.withUnsafeBytes { _ = evbuffer_add(buf, $0.baseAddress, $0.count) }
+        evhttp_send_reply_chunk(req, buf)
+        evbuffer_free(buf)
+    }
+
+    /// Finishes a streamed answer.
+    public func end() {
+        guard let req, isStreaming else { return }
+        self.req = nil
+        server?.pending.removeValue(forKey: ObjectIdentifier(self))
+        evhttp_send_reply_end(req)
+    }
+
+    private func setHeaders(_ req: OpaquePointer, _ contentType: String) {
         if let headers = evhttp_request_get_output_headers(req) {
             evhttp_add_header(headers, "Content-Type", contentType)
             evhttp_add_header(headers, "Cache-Control", "no-store")
         }
-        let out = evhttp_request_get_output_buffer(req)
-        body.withUnsafeBytes { if $0.count > 0 { evbuffer_add(out, $0.baseAddress, $0.count) } }
-        // A request whose client has gone is freed by evhttp_send_reply without writing.
-        evhttp_send_reply(req, status, status == 200 ? "OK" : status == 503 ? "Service Unavailable" : "Not Found", nil)
+    }
+
+    private static func reason(_ status: Int32) -> String {
+        status == 200 ? "OK" : status == 503 ? "Service Unavailable" : "Not Found"
     }
 }
 
@@ -78,9 +119,11 @@ public final class HTTPServer {
         handler.respond(method: method, path: path, reply: reply)
     }
 
-    /// Answers what is still unanswered with 503, then frees the server.
+    /// Answers what is still unanswered with 503 (and ends streamed answers where they are), then frees the server.
     public func close() {
-        for r in Array(pending.values) { r.send(status: 503, contentType: "text/plain; charset=utf-8", body: Array("closing\n".utf8)) }
+        for r in Array(pending.values) {
+            if r.isStreaming { r.end() } else { r.send(status: 503, contentType: "text/plain; charset=utf-8", body: Array("closing\n".utf8)) }
+        }
         if let raw { evhttp_free(raw) }
         raw = nil
     }

@@ -15,9 +15,30 @@ final class StatsEndpoint: HTTPHandler {
     override func respond(method: String, path: String, reply: HTTPReply) {
         if path == "/healthz" {
             proxy.checkHealth(reply)
+        } else if path == "/clients" {
+            streamClients(reply)
         } else {
             super.respond(method: method, path: path, reply: reply)
         }
+    }
+
+    /// /clients streams, `ClientsStream.batch` clients per loop iteration, so that listing 10,000 clients does not
+    /// stall their traffic; clients that close meanwhile are left out.
+    private var streams: [ObjectIdentifier: ClientsStream] = [:]
+
+    private func streamClients(_ reply: HTTPReply) {
+        let ids = proxy.clientsByID.compactMap { $0.isClosed ? nil : $0.id }
+        guard let stream = try? ClientsStream(endpoint: self, reply: reply, ids: ids) else {
+            reply.send(status: 200, contentType: "application/json", body: Array(clientsDocument(ids: ids[...]).utf8))
+            return
+        }
+        streams[ObjectIdentifier(stream)] = stream
+        reply.start(status: 200, contentType: "application/json")
+        stream.next()
+    }
+
+    fileprivate func finished(_ stream: ClientsStream) {
+        streams.removeValue(forKey: ObjectIdentifier(stream))
     }
 
     static func sendHealth(_ reply: HTTPReply, problem: String?) {
@@ -34,8 +55,6 @@ final class StatsEndpoint: HTTPHandler {
             return (200, "text/plain; version=0.0.4; charset=utf-8", Array(Metrics.prometheus(values()).utf8))
         case "/stats":
             return (200, "application/json", Array(statsDocument().utf8))
-        case "/clients":
-            return (200, "application/json", Array(clientsDocument().utf8))
         case "/upstreams":
             return (200, "application/json", Array(upstreamsDocument().utf8))
         default:
@@ -126,9 +145,10 @@ final class StatsEndpoint: HTTPHandler {
             + "\"metrics\":\(Metrics.json(values()))}"
     }
 
-    private func clientsDocument() -> String {
+    /// The JSON objects of the clients in `ids` still open, comma-separated.
+    fileprivate func clientsDocument(ids: ArraySlice<Int>) -> String {
         let now = proxy.base.now()
-        let items = proxy.clientsByID.filter { !$0.isClosed }.map { c -> String in
+        let items = ids.compactMap { proxy.clients[$0] }.filter { !$0.isClosed }.map { c -> String in
             let state: String
             if c.isSubscribed { state = "subscribed" }
             else if c.lease != nil && !c.holdsState && c.inFlight > 0 { state = "blocked" }
@@ -141,7 +161,7 @@ final class StatsEndpoint: HTTPHandler {
                 + "\"in_flight\":\(c.inFlight),\"last_command\":\(Metrics.jsonString(c.lastCommand.description)),"
                 + "\"output_bytes\":\(c.out.count)}"
         }
-        return "[" + items.joined(separator: ",") + "]"
+        return items.joined(separator: ",")
     }
 
     private func upstreamsDocument() -> String {
@@ -157,3 +177,46 @@ final class StatsEndpoint: HTTPHandler {
 }
 
 let respoolVersion = "0.1.0"
+
+/// One /clients answer in progress: a batch of clients per loop iteration, on a zero-delay timer.
+private final class ClientsStream: EventHandler {
+    static let batch = 200
+    unowned let endpoint: StatsEndpoint
+    let reply: HTTPReply
+    let ids: [Int]
+    var position = 0
+    var wroteAny = false
+    var timer: Timer?
+
+    init(endpoint: StatsEndpoint, reply: HTTPReply, ids: [Int]) throws(SystemError) {
+        self.endpoint = endpoint
+        self.reply = reply
+        self.ids = ids
+        super.init()
+        timer = try Timer(base: endpoint.proxy.base, handler: self)
+    }
+
+    override func handleEvent(_ what: Int16, tag: Int) { next() }
+
+    func next() {
+        let end = min(ids.count, position + ClientsStream.batch)
+        var text = position == 0 ? "[" : ""
+        let part = endpoint.clientsDocument(ids: ids[position..<end])
+        if !part.isEmpty {
+            if wroteAny { text += "," }
+            text += part
+            wroteAny = true
+        }
+        position = end
+        if position >= ids.count {
+            reply.chunk(Array((text + "]").utf8))
+            reply.end()
+            timer?.free()
+            timer = nil
+            endpoint.finished(self)
+        } else {
+            reply.chunk(Array(text.utf8))
+            timer?.schedule(after: 0)
+        }
+    }
+}

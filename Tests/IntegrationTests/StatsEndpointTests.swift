@@ -125,7 +125,42 @@ final class StatsEndpointTests: IntegrationTestCase {
             XCTAssertTrue(upstreams?.contains { $0["state"] as? String == "pubsub" } ?? false, upstreamsText)
             for key in ["id", "name", "state", "age", "commands_served", "leased_to"] { XCTAssertNotNil(upstreams?.first?[key], key) }
             XCTAssertEqual(try get(port, "/nothing").0, 404)
+
+            // /clients is streamed 200 clients per loop iteration: 1,201 clients make seven parts, over HTTP/1.0
+            // (parts, then close) and HTTP/1.1 (chunked).
+            raiseFileLimit()
+            var more: [TestClient] = []
+            for _ in 0..<1200 { more.append(try respool.client()) }
+            for c in more { try c.sendCommand(["PING"]) }
+            for c in more { assertReply(try c.readValue(), Reply.pong) }
+            for http11 in [false, true] {
+                let text = http11 ? try getChunked(port, "/clients") : try get(port, "/clients").1
+                let many = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]]
+                let ids = (many ?? []).compactMap { ($0["id"] as? NSNumber)?.intValue }
+                XCTAssertEqual(ids.count, 1201, "HTTP/1.\(http11 ? 1 : 0)")
+                XCTAssertEqual(Set(ids).count, 1201, "every client once")
+                XCTAssertEqual(ids, ids.sorted(), "in id order")
+            }
+            for c in more { c.close() }
         }
+    }
+
+    /// GET over HTTP/1.1 with a chunked answer, decoded.
+    private func getChunked(_ port: Int, _ path: String) throws -> String {
+        let c = try TestClient(.loopback(port), timeout: 5)
+        try c.send("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        let raw = c.readToEnd()
+        guard let headerEnd = raw.firstRange(of: Array("\r\n\r\n".utf8)) else { return "" }
+        let headers = String(decoding: raw[..<headerEnd.lowerBound], as: UTF8.self).lowercased()
+        XCTAssertTrue(headers.contains("transfer-encoding: chunked"), headers)
+        var body: [UInt8] = []
+        var i = headerEnd.upperBound
+        while i < raw.count, let lineEnd = raw[i...].firstRange(of: Array("\r\n".utf8)) {
+            guard let size = Int(String(decoding: raw[i..<lineEnd.lowerBound], as: UTF8.self), radix: 16), size > 0 else { break }
+            body += raw[lineEnd.upperBound..<(lineEnd.upperBound + size)]
+            i = lineEnd.upperBound + size + 2
+        }
+        return String(decoding: body, as: UTF8.self)
     }
 
     func testHealthzFollowsTheUpstream() throws {
