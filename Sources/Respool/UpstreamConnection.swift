@@ -181,10 +181,11 @@ final class UpstreamConnection: Connection {
     private var probeSeq = 0
     private var probeStart = 0.0
 
-    /// Output was written: if no probe is running, time the last request written.
+    /// Output was written: if no probe is running, time the last request written. Shared connections only: a
+    /// leased one may carry a blocking command, whose wait is not a round trip.
     @inline(__always)
     func startProbe() {
-        if probeSeq == 0 && !fifo.isEmpty && state == .ready {
+        if probeSeq == 0 && !fifo.isEmpty && state == .ready && !leased {
             probeSeq = pushedTotal
             probeStart = monotonicNow()
         }

@@ -71,28 +71,32 @@ final class StatsEndpointTests: IntegrationTestCase {
             for i in 0..<50 { assertReply(try c.command("SET", "k\(i)", "v"), Reply.ok) }
             assertReply(try c.command("MULTI"), Reply.ok)
             assertReply(try c.command("EXEC"), .array([]))
+            // A blocking command's wait (on a lease) is not an upstream round trip: no sample reaches 0.25 s.
+            assertReply(try c.command("BLPOP", "stats:nothing", "0.4"), .array(nil))
             let (_, text1) = try get(port, "/metrics")
             XCTAssertTrue(text1.contains("# TYPE respool_commands_total counter"), text1)
             let after = try parsePrometheus(text1)
             let forwarded0 = before["respool_commands_total{outcome=forwarded}"] ?? -1
             let forwarded1 = after["respool_commands_total{outcome=forwarded}"] ?? -1
-            XCTAssertGreaterThanOrEqual(forwarded1 - forwarded0, 52, "50 SETs, MULTI and EXEC forwarded")
+            XCTAssertGreaterThanOrEqual(forwarded1 - forwarded0, 53, "50 SETs, MULTI, EXEC and BLPOP forwarded")
             XCTAssertEqual(after["respool_clients{}"], 1, "one client open")
             XCTAssertGreaterThanOrEqual(after["respool_leases_granted_total{}"] ?? 0, 1)
             XCTAssertEqual(after["respool_upstream_connections_max{}"], 3)
-            XCTAssertEqual((after["respool_replies_total{outcome=ok}"] ?? 0) - (before["respool_replies_total{outcome=ok}"] ?? 0), 52,
-                           "52 OK replies (50 SETs, MULTI, EXEC)")
+            XCTAssertEqual((after["respool_replies_total{outcome=ok}"] ?? 0) - (before["respool_replies_total{outcome=ok}"] ?? 0), 53,
+                           "53 OK replies (50 SETs, MULTI, EXEC, BLPOP's nil)")
             XCTAssertGreaterThanOrEqual(after["respool_commands_by_class_total{class=leased}"] ?? 0, 2, "MULTI and EXEC on a lease")
             XCTAssertGreaterThan(after["respool_bytes_total{direction=to_upstream}"] ?? 0, 0)
             let sampled = after["respool_command_duration_seconds_count{}"] ?? 0
             XCTAssertGreaterThanOrEqual(sampled, 3, "1 in 16 of 52 commands sampled")
             XCTAssertEqual(after["respool_command_duration_seconds_bucket{le=+Inf}"], sampled)
             XCTAssertGreaterThan(after["respool_command_duration_seconds_sum{}"] ?? 0, 0)
-            // One request at a time: every SET's round trip is timed (MULTI and EXEC too, on the lease).
+            // One request at a time: every SET's round trip is timed (not MULTI and EXEC: on a lease).
             let trips = (after["respool_upstream_round_trip_seconds_count{}"] ?? 0) - (before["respool_upstream_round_trip_seconds_count{}"] ?? 0)
             XCTAssertGreaterThanOrEqual(trips, 50, "round trips timed")
-            XCTAssertLessThanOrEqual(trips, 60, "at most one probe per request")
+            XCTAssertLessThanOrEqual(trips, 55, "at most one probe per request, none on the lease")
             XCTAssertEqual(after["respool_upstream_round_trip_seconds_bucket{le=+Inf}"], after["respool_upstream_round_trip_seconds_count{}"])
+            XCTAssertEqual(after["respool_upstream_round_trip_seconds_bucket{le=0.25}"], after["respool_upstream_round_trip_seconds_count{}"],
+                           "the BLPOP's 0.4 s wait was not taken for a round trip")
             for path in ["/metrics", "/stats", "/clients", "/upstreams", "/healthz"] {
                 let (_, body) = try get(port, path)
                 XCTAssertFalse(body.contains(secret), "the upstream password appeared in \(path)")
