@@ -158,8 +158,11 @@ final class UpstreamConnection: Connection {
     func enqueue(client: ClientConnection) {
         var e = Entry(kind: .client, client: Unmanaged.passUnretained(client))
         if proxy.sampleCountdown == 0 {
-            proxy.sampleCountdown = 15
-            e.since = monotonicNow()
+            // Leased connections are not sampled (a blocking command's wait is not latency): the next one is.
+            if !leased {
+                proxy.sampleCountdown = 15
+                e.since = monotonicNow()
+            }
         } else {
             proxy.sampleCountdown &-= 1
         }
