@@ -254,7 +254,7 @@ public final class Proxy: AcceptHandler {
     /// Latency of sampled commands (read to reply handed over) and of waits for a connection.
     var commandDurations = Histogram()
     var waitDurations = Histogram()
-    /// Upstream round trips (one request per connection at a time, see UpstreamConnection.startProbe).
+    /// Upstream round trips (one request per shared connection at a time, see UpstreamConnection.startProbe).
     var roundTrips = Histogram()
     var sampleCountdown = 0
 

@@ -29,7 +29,7 @@ final class StatsEndpoint: HTTPHandler {
     private func streamClients(_ reply: HTTPReply) {
         let ids = proxy.clientsByID.compactMap { $0.isClosed ? nil : $0.id }
         guard let stream = try? ClientsStream(endpoint: self, reply: reply, ids: ids) else {
-            reply.send(status: 200, contentType: "application/json", body: Array(clientsDocument(ids: ids[...]).utf8))
+            reply.send(status: 200, contentType: "application/json", body: Array("[\(clientsDocument(ids: ids[...]))]".utf8))
             return
         }
         streams[ObjectIdentifier(stream)] = stream
