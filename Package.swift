@@ -16,11 +16,16 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         .systemLibrary(name: "CLibevent", pkgConfig: "libevent", providers: [.apt(["libevent-dev"])]),
         .target(name: "RESP", swiftSettings: hot),
-        .target(name: "RespoolCore", dependencies: ["RESP"], swiftSettings: hot),
+        .target(
+            name: "RespoolCore",
+            dependencies: ["RESP", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            swiftSettings: hot
+        ),
         .target(name: "EventLoop", dependencies: ["CLibevent"], swiftSettings: hot),
         .target(
             name: "Respool",

@@ -252,10 +252,10 @@ public final class Proxy: AcceptHandler {
     // MARK: advisor and periodic stats
 
     /// Latency of sampled commands (read to reply handed over) and of waits for a connection.
-    var commandDurations = Histogram()
-    var waitDurations = Histogram()
+    var commandDurations = LatencyHistogram()
+    var waitDurations = LatencyHistogram()
     /// Upstream round trips (one request per shared connection at a time, see UpstreamConnection.startProbe).
-    var roundTrips = Histogram()
+    var roundTrips = LatencyHistogram()
     var sampleCountdown = 0
 
     private(set) var serverFigures = ServerFigures()
@@ -289,9 +289,9 @@ public final class Proxy: AcceptHandler {
                     "upstreams_leased": "\(pool.leasedCount)", "commands_per_s": "\(Int(rate))", "waiting": "\(pool.waiterCount)",
                     "wait_timeouts": "\(stats.waitTimeouts)", "commands_failed": "\(stats.commandsFailed)",
                     "protocol_errors": "\(stats.protocolErrors)", "oom_errors": "\(stats.oomErrors)",
-                    "p50_le": "\(commandDurations.quantile(0.5).map { "\($0)s" } ?? "-")",
-                    "p99_le": "\(commandDurations.quantile(0.99).map { "\($0)s" } ?? "-")",
-                    "upstream_p99_le": "\(roundTrips.quantile(0.99).map { "\($0)s" } ?? "-")",
+                    "p50": "\(commandDurations.quantile(0.5).map(Metrics.logSeconds) ?? "-")",
+                    "p99": "\(commandDurations.quantile(0.99).map(Metrics.logSeconds) ?? "-")",
+                    "upstream_p99": "\(roundTrips.quantile(0.99).map(Metrics.logSeconds) ?? "-")",
                 ])
             }
         }

@@ -183,6 +183,28 @@ final class MetricsTests: XCTestCase {
         }
         XCTAssertEqual(Metrics.jsonString("a\"b\\c\n\u{1}"), #""a\"b\\c\n\u0001""#)
     }
+
+    /// The latency histogram: cumulative Prometheus buckets, sum and count, quantiles within HdrHistogram's 0.1%.
+    func testLatencyHistogramBucketsAndQuantiles() {
+        var h = LatencyHistogram()
+        XCTAssertNil(h.quantile(0.5))
+        for s in [0.00005, 0.0001, 0.0003, 0.002, 0.03, 0.3, 20, 0, -1] { h.record(s) }
+        XCTAssertEqual(h.count, 9)
+        XCTAssertEqual(h.sum, 0.00005 + 0.0001 + 0.0003 + 0.002 + 0.03 + 0.3 + 20 - 1, accuracy: 1e-9)
+        // bounds: 0.0001 0.00025 0.0005 0.001 0.0025 0.005 0.01 0.025 0.05 0.1 0.25 0.5 1 2.5 5 10
+        XCTAssertEqual(h.cumulativeCounts(), [4, 4, 5, 5, 6, 6, 6, 6, 7, 7, 7, 8, 8, 8, 8, 8], "20 s is above every bound (+Inf only)")
+        let median = h.quantile(0.5)!
+        XCTAssertEqual(median, 0.0003, accuracy: 0.0003 * 0.001, "5th of 9 observations")
+        XCTAssertEqual(h.quantile(1)!, 20, accuracy: 20 * 0.001)
+        let text = Metrics.prometheus([MetricValues(Metrics.waitDuration, histogram: h)])
+        XCTAssertTrue(text.contains("respool_wait_duration_seconds_bucket{le=\"0.0001\"} 4\n"), text)
+        XCTAssertTrue(text.contains("respool_wait_duration_seconds_bucket{le=\"10.0\"} 8\n"), text)
+        XCTAssertTrue(text.contains("respool_wait_duration_seconds_bucket{le=\"+Inf\"} 9\n"), text)
+        XCTAssertTrue(text.contains("respool_wait_duration_seconds_count 9\n"), text)
+        XCTAssertTrue(Metrics.json([MetricValues(Metrics.waitDuration, histogram: h)]).contains(#""count":9"#))
+        XCTAssertEqual([0.000059, 0.0003, 1.5, 12, 0, -2, 0.0000004].map(Metrics.logSeconds),
+                       ["0.000059s", "0.0003s", "1.5s", "12s", "0s", "0s", "0s"])
+    }
 }
 
 final class AdvisorTests: XCTestCase {
