@@ -1,6 +1,12 @@
 import XCTest
 @testable import RESP
 
+/// The normal test run uses fixed seeds and round counts. scripts/fuzz runs these tests for longer: RESP_FUZZ_SCALE
+/// multiplies the rounds, RESP_FUZZ_SEED is added to every seed (a failure message names the input; keep it as a
+/// regression case in the ordinary tests).
+private let fuzzScale = max(1, Int(ProcessInfo.processInfo.environment["RESP_FUZZ_SCALE"] ?? "") ?? 1)
+private let fuzzSeed = UInt64(ProcessInfo.processInfo.environment["RESP_FUZZ_SEED"] ?? "") ?? 0
+
 final class FuzzTests: XCTestCase {
     /// Random bytes, biased towards protocol characters so the framers get deep into their states.
     func garbage(_ n: Int, _ rng: inout SeededGenerator) -> [UInt8] {
@@ -19,9 +25,9 @@ final class FuzzTests: XCTestCase {
     }
 
     func testRandomGarbageNeverCrashesAndDoesNotDependOnSplits() {
-        var rng = SeededGenerator(seed: 2024)
+        var rng = SeededGenerator(seed: 2024 &+ fuzzSeed)
         let limits = RESPLimits(maxBulkLength: 64, maxMultibulkLength: 64, maxInlineLength: 64, maxReplyLineLength: 64, maxDepth: 4)
-        for _ in 0..<1500 {
+        for _ in 0..<1500 * fuzzScale {
             let input = garbage(Int.random(in: 1...200, using: &rng), &rng)
             for lim in [limits, RESPLimits()] {
                 let whole = runWhole(RequestFramer(limits: lim), input)
@@ -99,12 +105,12 @@ final class FuzzTests: XCTestCase {
     }
 
     func testFramerAgreesWithDecoderOnRandomValidValues() throws {
-        var rng = SeededGenerator(seed: 77)
+        var rng = SeededGenerator(seed: 77 &+ fuzzSeed)
         var stream: [UInt8] = []
         var ends: [Int] = []
         var kinds: [UInt8] = []
         var values: [RESPValue] = []
-        for _ in 0..<2000 {
+        for _ in 0..<2000 * fuzzScale {
             let v = randomValue(&rng, depth: 0)
             let e = encode(v)
             // Round trip through the decoder.
@@ -135,8 +141,8 @@ final class FuzzTests: XCTestCase {
     }
 
     func testRandomRequestsRoundTrip() {
-        var rng = SeededGenerator(seed: 5)
-        for _ in 0..<500 {
+        var rng = SeededGenerator(seed: 5 &+ fuzzSeed)
+        for _ in 0..<500 * fuzzScale {
             let args = (0..<Int.random(in: 1...6, using: &rng)).map { _ in randomText(&rng, binary: true) }
             let frame = multibulk(args)
             let t = feed(RequestFramer(), frame, cuts: randomCuts(frame.count, maxChunk: 16, &rng))
