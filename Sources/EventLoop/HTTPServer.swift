@@ -119,11 +119,18 @@ public final class HTTPServer {
         handler.respond(method: method, path: path, reply: reply)
     }
 
-    /// Answers what is still unanswered with 503 (and ends streamed answers where they are), then frees the server.
-    public func close() {
+    /// Answers what is still unanswered with 503 and ends streamed answers where they are. evhttp writes them in the
+    /// following loop passes.
+    public func answerPending() {
         for r in Array(pending.values) {
             if r.isStreaming { r.end() } else { r.send(status: 503, contentType: "text/plain; charset=utf-8", body: Array("closing\n".utf8)) }
         }
+    }
+
+    /// Answers what is still pending (see `answerPending`), then frees the server: call it after the loop has had a
+    /// pass or two to write those answers, or they are lost.
+    public func close() {
+        answerPending()
         if let raw { evhttp_free(raw) }
         raw = nil
     }

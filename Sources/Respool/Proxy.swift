@@ -133,7 +133,14 @@ public final class Proxy: AcceptHandler {
             base.runOnce()
             afterIteration()
         }
-        statsServer?.close()
+        if let server = statsServer {
+            // What the stats endpoint still owes is answered (a /healthz waiting for its PING gets 503) and given a
+            // few non-blocking loop passes to be written before evhttp is freed.
+            healthAnswered(problem: "shutting down")
+            server.answerPending()
+            for _ in 0..<5 { base.runNonBlocking() }
+            server.close()
+        }
         logger.info("respool stopped", metadata: ["exit_code": "\(exitCode)"])
         return exitCode
     }
@@ -383,6 +390,8 @@ public final class Proxy: AcceptHandler {
                                                 "in_flight": "\(pool.totalPending)", "timeout": "\(config.shutdownTimeout)s"])
         for l in listeners { l.close() }
         listeners.removeAll()
+        // Readiness probes waiting for a PING flip to 503 at once (new ones get it from checkHealth).
+        healthAnswered(problem: "shutting down")
         // Commands already read are answered; nothing new is read.
         for c in clients.values { c.disableReading() }
         let h = OneShot { [weak self] in

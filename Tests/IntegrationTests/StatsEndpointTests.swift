@@ -150,6 +150,34 @@ final class StatsEndpointTests: IntegrationTestCase {
         }
     }
 
+    /// A /healthz probe waiting for its PING when SIGTERM arrives is answered at once (503, shutting down) and that
+    /// answer is written before respool exits: the server is held by DEBUG SLEEP 3, and the shutdown timeout (1 s)
+    /// ends the loop before the probe's own 2 s PING timeout.
+    func testPendingHealthProbeIsAnsweredAtExit() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(redisArgs: ["--enable-debug-command", "yes"], env: ["RESPOOL_SHUTDOWN_TIMEOUT": "1"]) { _, respool in
+            guard let port = statsPort(respool) else { return XCTFail("no stats port") }
+            var status = 0
+            for _ in 0..<100 {
+                status = try get(port, "/healthz").0
+                if status == 200 { break }
+                sleepSeconds(0.05)
+            }
+            XCTAssertEqual(status, 200, "healthz after start-up")
+            let c = try respool.client()
+            try c.sendCommand(["DEBUG", "SLEEP", "3"])
+            sleepSeconds(0.2)
+            let probe = try TestClient(.loopback(port), timeout: 10)
+            try probe.send("GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            sleepSeconds(0.2)
+            respool.signal(SIGTERM)
+            let text = String(decoding: probe.readToEnd(), as: UTF8.self)
+            XCTAssertTrue(text.contains(" 503 "), text)
+            XCTAssertTrue(text.hasSuffix("unhealthy: shutting down\n"), text)
+            XCTAssertNotNil(respool.waitForExit(timeout: 10), "respool still running after SIGTERM")
+        }
+    }
+
     /// GET over HTTP/1.1 with a chunked answer, decoded.
     private func getChunked(_ port: Int, _ path: String) throws -> String {
         let c = try TestClient(.loopback(port), timeout: 5)
