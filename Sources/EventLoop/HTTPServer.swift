@@ -33,13 +33,9 @@ public final class HTTPReply {
 
     public var isSent: Bool { req == nil }
 
+    /// Sends a whole answer (not for one begun with `start`: that one is finished with `end`).
     public func send(status: Int32, contentType: String, body: [UInt8]) {
-        if isStreaming {
-            chunk(body)
-            end()
-            return
-        }
-        guard let req else { return }
+        guard let req, !isStreaming else { return }
         self.req = nil
         server?.pending.removeValue(forKey: ObjectIdentifier(self))
         setHeaders(req, contentType)

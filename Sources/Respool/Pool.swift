@@ -49,6 +49,11 @@ final class Pool: EventHandler {
 
     var count: Int { upstreams.count }
 
+    /// A ready shared connection for respool's own requests (the advisor's INFO, the /healthz PING), nil if none.
+    var readyShared: UpstreamConnection? {
+        upstreams.first { !$0.leased && $0.hub == nil && $0.state == .ready && !$0.isClosed }
+    }
+
     /// Fill-first packing. redis-server runs one command at a time whatever the connection, so spreading clients over
     /// connections buys it no parallelism; it only makes every batch smaller (more reads, writes and wake-ups for the
     /// server per command). A busy connection keeps taking clients while it has fewer than `packLimit` requests

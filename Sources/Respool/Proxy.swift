@@ -279,7 +279,7 @@ public final class Proxy: AcceptHandler {
     func periodic(now: Double) {
         if config.advisorInterval > 0 && now >= nextAdvisorPoll {
             nextAdvisorPoll = now + config.advisorInterval
-            if let u = pool.upstreams.first(where: { !$0.leased && $0.hub == nil && $0.state == .ready && !$0.isClosed }) {
+            if let u = pool.readyShared {
                 u.requestInfo()
             }
         }
@@ -336,7 +336,7 @@ public final class Proxy: AcceptHandler {
     /// Healthy means: respool accepts clients and the upstream answers PING on a shared connection within 2 s.
     func checkHealth(_ reply: HTTPReply) {
         var problem: String? = shuttingDown ? "shutting down" : nil
-        let u = pool.upstreams.first { !$0.leased && $0.hub == nil && $0.state == .ready && !$0.isClosed }
+        let u = pool.readyShared
         if problem == nil && u == nil {
             problem = "no ready upstream connection" + (pool.lastError.map { " (\($0))" } ?? "")
         }

@@ -432,6 +432,7 @@ final class UpstreamConnection: Connection {
     /// Checks and swallows the reply to a handshake step. Returns false if the connection failed.
     private func handshakeReply(_ kind: Entry.Kind, _ bytes: [UInt8], kind type: UInt8) -> Bool {
         let isError = type == UInt8(ascii: "-") || type == UInt8(ascii: "!")
+        func errorText() -> String { ((try? RESPDecoder.decode(bytes)) ?? nil)?.value.string ?? "error" }
         if kind == .advisorInfo {
             let text = ((try? RESPDecoder.decode(bytes)) ?? nil)?.value
             switch text {
@@ -444,8 +445,7 @@ final class UpstreamConnection: Connection {
         }
         if kind == .health {
             if isError {
-                let text = ((try? RESPDecoder.decode(bytes)) ?? nil)?.value.string ?? "error"
-                proxy.healthAnswered(problem: "upstream answered PING with \(text)")
+                proxy.healthAnswered(problem: "upstream answered PING with \(errorText())")
             } else {
                 proxy.healthAnswered(problem: nil)
             }
@@ -464,7 +464,7 @@ final class UpstreamConnection: Connection {
             return true
         }
         if isError {
-            let text = ((try? RESPDecoder.decode(bytes)) ?? nil)?.value.string ?? "error"
+            let text = errorText()
             switch kind {
             case .hello: fail(reason: "handshake failed: \(text)", handshake: true)
             case .select: fail(reason: "SELECT \(db) failed: \(text)", handshake: true)

@@ -159,7 +159,7 @@ class Worker(threading.Thread):
     def expect(self, got, want, what):
         if got == want:
             return
-        if is_upstream_error(got) or isinstance(got, ConnectionError):
+        if is_upstream_error(got):
             with self.stats.lock:
                 self.stats.upstream_errors += 1
             raise Resync()
