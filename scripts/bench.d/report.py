@@ -4,6 +4,8 @@
 Lines it reads (first field = kind):
   rps   ROUND ROW TARGET CMD OPS_PER_S
   cpu   ROUND ROW TARGET TICKS REQUESTS        (utime+stime delta of the proxy during that run)
+  load  ROUND ROW TARGET CLIENT_TICKS REDIS_TICKS WALL_S REQUESTS
+                                               (CPU of redis-benchmark and of redis-server during that run)
   sys   TARGET RUN CALLS REQUESTS              (strace -c total during that run; CALLS may be "n/a")
   mem   TARGET START IDLE BURST PEAK CLOSED CONNECTED REPLIES ERRORS   (kB; see memtest.py)
 Medians across rounds. Targets: direct, respool, twemproxy.
@@ -64,11 +66,15 @@ def main():
 
     rps = defaultdict(list)  # (row, cmd, target) -> [ops/s]
     cpu = defaultdict(list)  # (row, target) -> [us/request]
+    client = defaultdict(list)  # (row, target) -> [share of one core used by redis-benchmark]
+    total = defaultdict(list)  # (row, target) -> [us/request of redis-benchmark + proxy + redis-server]
+    proxy_ticks = {}  # (round, row, target) -> proxy ticks of that run
     rows = OrderedDict()  # row -> [cmd, ...] in order seen
     sysc = OrderedDict()  # run -> {target: calls/request}
     mem = {}
     scrapes = []  # "scrapes=N failures=F max_ms=M bytes=B" per run of respool+scrape
     rounds = set()
+    loads = []
     with open(a.results) as f:
         for line in f:
             p = line.rstrip("\n").split("\t")
@@ -83,6 +89,9 @@ def main():
                 _, rnd, row, target, ticks, reqs = p
                 rows.setdefault(row, [])
                 cpu[(row, target)].append(int(ticks) * 1e6 / a.clk_tck / int(reqs))
+                proxy_ticks[(rnd, row, target)] = int(ticks)
+            elif p[0] == "load":
+                loads.append(p[1:])
             elif p[0] == "sys":
                 _, target, run, calls, reqs = p
                 sysc.setdefault(run, {})[target] = None if calls == "n/a" else int(calls) / int(reqs)
@@ -137,6 +146,24 @@ def main():
         r = [row, fmt_f(r, 2), fmt_f(t, 2), fmt_ratio(r, t)]
         out.append(skipped(r, (1, 3)) if a.skip_respool else r)
     print(table(["row", "respool µs/req", "twemproxy µs/req", "respool/twemproxy"], out))
+
+    for rnd, row, target, cticks, rticks, wall, reqs in loads:  # after the file: a run's cpu line comes later
+        if float(wall) > 0:
+            client[(row, target)].append(int(cticks) / a.clk_tck / float(wall))
+        ticks = int(cticks) + int(rticks) + (0 if target == "direct" else proxy_ticks.get((rnd, row, target), 0))
+        total[(row, target)].append(ticks * 1e6 / a.clk_tck / int(reqs))
+    if client:
+        print()
+        print("Where the CPU went (medians): redis-benchmark's CPU as a share of one core during the row's run (it is "
+              "single-threaded), and the CPU of all three processes (redis-benchmark + proxy + redis-server) per request. "
+              "When the three together fill both cores, throughput is total CPU over the CPU per request, whatever the proxy")
+        out = []
+        for row in rows:
+            c = [median(client.get((row, t), [])) for t in TARGETS]
+            v = [median(total.get((row, t), [])) for t in TARGETS]
+            r = [row] + [("-" if x is None else f"{x * 100:.0f}%") for x in c] + [fmt_f(x, 2) for x in v]
+            out.append(skipped(r, (2, 5)) if a.skip_respool else r)
+        print(table(["row", "client CPU: direct", "respool", "twemproxy", "all µs/req: direct", "respool", "twemproxy"], out))
 
     print()
     print("Syscalls per request (strace -c -f on the proxy, separate pass; total calls / requests)")
