@@ -20,13 +20,14 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CLibevent", pkgConfig: "libevent", providers: [.apt(["libevent-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .target(name: "RESP", swiftSettings: hot),
         .target(
             name: "RespoolCore",
             dependencies: ["RESP", .product(name: "Histogram", package: "hdrhistogram-swift")],
             swiftSettings: hot
         ),
-        .target(name: "EventLoop", dependencies: ["CLibevent"], swiftSettings: hot),
+        .target(name: "EventLoop", dependencies: ["CLibevent", "COpenSSL"], swiftSettings: hot),
         .target(
             name: "Respool",
             dependencies: ["RESP", "RespoolCore", "EventLoop", .product(name: "Logging", package: "swift-log")],

@@ -14,6 +14,8 @@ class Connection: EventHandler {
     var writeArmed = false
     var isClosed = false
     var readEnabled = false
+    /// Set on a TLS upstream connection once its TCP connect is done: reads and writes go through it.
+    var tls: TLSSession?
     /// Set by upstream connections (for the byte counters' direction).
     var isUpstream: Bool { false }
 
@@ -97,7 +99,7 @@ class Connection: EventHandler {
         isDirty = false
         if isClosed || !canWrite { return }
         if !out.isEmpty {
-            switch out.write(to: fd) {
+            switch tls == nil ? out.write(to: fd) : tls!.write(out) {
             case .success(let n):
                 proxy.noteWritten(self, n)
             case .failure(let e):
@@ -122,6 +124,8 @@ class Connection: EventHandler {
 
     /// Frees the events and closes the socket (once).
     final func closeSocket() {
+        tls?.free()
+        tls = nil
         readEvent.free()
         writeEvent.free()
         readEnabled = false

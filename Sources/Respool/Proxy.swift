@@ -71,9 +71,31 @@ public final class Proxy: AcceptHandler {
     var stats = Stats()
     let startedAt: Double
 
-    public init(config: Config, logger: Logger) throws(SystemError) {
+    /// The TLS settings of every upstream connection (rediss:// only).
+    let tlsContext: TLSContext?
+    /// The name sent as SNI and checked against the upstream's certificate.
+    let tlsServerName: String
+
+    /// Throws a ConfigError (exit 2) when a TLS file does not load, a SystemError when the event loop cannot start.
+    public init(config: Config, logger: Logger) throws {
         self.config = config
         self.logger = logger
+        tlsServerName = config.tls.serverName ?? config.upstream.host
+        if config.upstream.tls {
+            let t = config.tls
+            do {
+                tlsContext = try TLSContext(verify: t.verify, caFile: t.caFile, certFile: t.certFile, keyFile: t.keyFile)
+            } catch {
+                switch error {
+                case .caFile(let why): throw ConfigError(variable: "RESPOOL_TLS_CA_FILE", message: why)
+                case .certificate(let why): throw ConfigError(variable: "RESPOOL_TLS_CERT_FILE", message: why)
+                case .privateKey(let why): throw ConfigError(variable: "RESPOOL_TLS_KEY_FILE", message: why)
+                case .context(let why): throw ConfigError(variable: config.upstreamSource, message: why)
+                }
+            }
+        } else {
+            tlsContext = nil
+        }
         base = try EventBase()
         clientPassword = config.clientPassword.map { Array($0.utf8) }
         limits = RESPLimits(maxBulkLength: config.maxBulkLength, maxMultibulkLength: config.maxMultibulkLength)
@@ -106,6 +128,12 @@ public final class Proxy: AcceptHandler {
         signals.append(try SignalWatch(base: base, signal: SIGUSR1, handler: signalHandler, tag: .secondary))
         meta["upstream"] = "\(config.upstream)"
         meta["upstream_from"] = "\(config.upstreamSource)"
+        if config.upstream.tls {
+            meta["tls_verify"] = "\(config.tls.verify ? "full" : "none")"
+            meta["tls_server_name"] = "\(tlsServerName)"
+            if let ca = config.tls.caFile { meta["tls_ca_file"] = "\(ca)" }
+            if let cert = config.tls.certFile { meta["tls_cert_file"] = "\(cert)" }
+        }
         meta["max_server_connections"] = "\(config.maxServerConnections)"
         meta["cap_from"] = "\(config.capSource)"
         meta["max_clients"] = "\(config.maxClients)"

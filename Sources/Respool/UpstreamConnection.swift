@@ -7,8 +7,9 @@ import RESP
 import RespoolCore
 
 final class UpstreamConnection: Connection {
+    /// connecting (TCP) → tls (rediss:// only: the TLS handshake) → handshaking (HELLO, SELECT) → ready.
     enum State: String {
-        case connecting, handshaking, ready
+        case connecting, tls, handshaking, ready
     }
 
     struct Entry {
@@ -213,7 +214,7 @@ final class UpstreamConnection: Connection {
 
     var pending: Int { fifo.count }
 
-    override var canWrite: Bool { state != .connecting }
+    override var canWrite: Bool { state != .connecting && state != .tls }
     override var isUpstream: Bool { true }
 
     // MARK: connecting
@@ -228,19 +229,62 @@ final class UpstreamConnection: Connection {
             connected()
             return
         }
+        if state == .tls {
+            continueTLS()
+            return
+        }
         flush()
+        if tlsReadWantsWrite, let t = tls, !isClosed {
+            tlsReadWantsWrite = false
+            readTLS(t)
+        }
     }
 
+    /// An SSL_read stopped because OpenSSL had to write first: read again once the socket is writable.
+    private var tlsReadWantsWrite = false
+
     func connected() {
-        state = .handshaking
         if writeArmed {
             writeEvent.remove()
             writeArmed = false
         }
         Socket.setNoDelay(fd)
         Socket.setKeepAlive(fd)
+        if let context = proxy.tlsContext {
+            do {
+                tls = try TLSSession(context: context, fd: fd, serverName: proxy.tlsServerName)
+            } catch {
+                fail(reason: error.call)
+                return
+            }
+            state = .tls
+            enableReading()
+            continueTLS()
+            return
+        }
+        state = .handshaking
         enableReading()
         flush()
+    }
+
+    /// Advances the TLS handshake; once done, the queued HELLO (and SELECT) go out as on a plain connection.
+    private func continueTLS() {
+        guard let t = tls else { return }
+        switch t.handshake() {
+        case .done:
+            state = .handshaking
+            proxy.logger.debug("upstream TLS established", metadata: ["upstream.id": "\(id)", "tls": "\(t.description)"])
+            flush()
+        case .wantRead:
+            if writeArmed {
+                writeEvent.remove()
+                writeArmed = false
+            }
+        case .wantWrite:
+            armWrite()
+        case .failed(let why):
+            fail(reason: why)
+        }
     }
 
     override func timerFired() {
@@ -252,6 +296,10 @@ final class UpstreamConnection: Connection {
     // MARK: replies
 
     override func readable() {
+        if let t = tls {
+            readTLS(t)
+            return
+        }
         let scratch = proxy.scratch
         switch Socket.read(fd, into: scratch, capacity: proxy.scratchSize) {
         case .data(let n):
@@ -264,6 +312,38 @@ final class UpstreamConnection: Connection {
             fail(reason: "connection closed by server")
         case .failed(let e):
             fail(reason: e.reason)
+        }
+    }
+
+    /// Reads a TLS connection until OpenSSL has nothing more (records it has already decrypted would not wake the
+    /// read event again), processing each piece as a plain read would.
+    private func readTLS(_ t: TLSSession) {
+        if state == .tls {
+            continueTLS()
+            return
+        }
+        let scratch = proxy.scratch
+        // A write that stopped because OpenSSL had to read first is retried after this read.
+        if t.writeWantsRead && !out.isEmpty { markDirty() }
+        while !isClosed {
+            switch t.read(into: scratch, capacity: proxy.scratchSize) {
+            case .data(let n):
+                proxy.stats.upstreamBytesIn &+= n
+                process(UnsafeRawBufferPointer(start: scratch, count: n))
+                if !isClosed { finishProbe() }
+            case .wouldBlock(let wantsWrite):
+                if wantsWrite {
+                    tlsReadWantsWrite = true
+                    armWrite()
+                }
+                return
+            case .eof:
+                fail(reason: "connection closed by server")
+                return
+            case .failed(let why):
+                fail(reason: why)
+                return
+            }
         }
     }
 

@@ -32,6 +32,18 @@ public enum KeysMode: String, CaseIterable, Sendable {
     case allow, warn, deny, scan
 }
 
+/// TLS to the upstream (rediss://).
+public struct TLSSettings: Equatable, Sendable {
+    /// Check the server's certificate chain and name (RESPOOL_TLS_VERIFY=full, the default) or not (none).
+    public var verify = true
+    public var caFile: String?
+    public var certFile: String?
+    public var keyFile: String?
+    /// Name sent as SNI and checked against the certificate; the URL's host when nil.
+    public var serverName: String?
+    public init() {}
+}
+
 public struct Config: Equatable, Sendable {
     public var upstream: RedisURL
     /// Which variable the upstream came from (RESPOOL_URL, REDIS_URL or the default), for the start-up line.
@@ -84,10 +96,22 @@ public struct Config: Equatable, Sendable {
     /// Password clients must AUTH with (never printed); nil: no AUTH required.
     public var clientPassword: String?
     public var keysMode: KeysMode
+    /// Used when the upstream URL is rediss://.
+    public var tls: TLSSettings
 
     public static let options: [ConfigOption] = [
         .init(variable: "RESPOOL_URL", flag: "url", defaultText: "$REDIS_URL, else redis://127.0.0.1:6379",
-              help: "Upstream Redis: redis://[user:password@]host:port[/db]. The password AUTHs every upstream connection and is never printed."),
+              help: "Upstream Redis: redis://[user:password@]host:port[/db], or rediss:// for TLS. The password AUTHs every upstream connection and is never printed."),
+        .init(variable: "RESPOOL_TLS_VERIFY", flag: "tls-verify", defaultText: "full",
+              help: "rediss:// only. full: check the server's certificate chain (RESPOOL_TLS_CA_FILE, else the system's CAs) and that it names the host; none: encrypt without checking who answers (for servers with self-signed certificates, such as Heroku Data for Redis)."),
+        .init(variable: "RESPOOL_TLS_CA_FILE", flag: "tls-ca-file", defaultText: "(the system's CA store)",
+              help: "rediss:// only. PEM file of the certificate authorities to trust."),
+        .init(variable: "RESPOOL_TLS_CERT_FILE", flag: "tls-cert-file", defaultText: "(none)",
+              help: "rediss:// only. PEM client certificate (chain), for servers that require one (tls-auth-clients); needs RESPOOL_TLS_KEY_FILE."),
+        .init(variable: "RESPOOL_TLS_KEY_FILE", flag: "tls-key-file", defaultText: "(none)",
+              help: "rediss:// only. PEM private key of RESPOOL_TLS_CERT_FILE."),
+        .init(variable: "RESPOOL_TLS_SERVER_NAME", flag: "tls-server-name", defaultText: "the URL's host",
+              help: "rediss:// only. Name sent as SNI and checked against the server's certificate."),
         .init(variable: "RESPOOL_BIND", flag: "bind", defaultText: "127.0.0.1", help: "Address to listen on for clients."),
         .init(variable: "RESPOOL_PORT", flag: "port", defaultText: "6380", help: "TCP port to listen on (0 picks a free port, printed at start-up)."),
         .init(variable: "RESPOOL_SOCKET", flag: "socket", defaultText: "(none)", help: "Also listen on this unix socket path (faster than loopback TCP for a sidecar)."),
@@ -273,6 +297,31 @@ public struct Config: Equatable, Sendable {
             keysMode = m
         } else {
             keysMode = .warn
+        }
+        tls = TLSSettings()
+        let tlsVariables = ["RESPOOL_TLS_VERIFY", "RESPOOL_TLS_CA_FILE", "RESPOOL_TLS_CERT_FILE", "RESPOOL_TLS_KEY_FILE", "RESPOOL_TLS_SERVER_NAME"]
+        if !upstream.tls, let set = tlsVariables.first(where: { value($0) != nil }) {
+            throw ConfigError(variable: set, message: "is set but the upstream (\(upstreamSource)) is redis://; use rediss:// for TLS")
+        }
+        if let text = value("RESPOOL_TLS_VERIFY") {
+            switch text.lowercased() {
+            case "full": tls.verify = true
+            case "none": tls.verify = false
+            default: throw ConfigError(variable: "RESPOOL_TLS_VERIFY", message: "must be full or none, got \"\(text.prefix(40))\"")
+            }
+        }
+        tls.caFile = value("RESPOOL_TLS_CA_FILE")
+        tls.certFile = value("RESPOOL_TLS_CERT_FILE")
+        tls.keyFile = value("RESPOOL_TLS_KEY_FILE")
+        if tls.certFile != nil && tls.keyFile == nil {
+            throw ConfigError(variable: "RESPOOL_TLS_KEY_FILE", message: "is needed with RESPOOL_TLS_CERT_FILE")
+        }
+        if tls.keyFile != nil && tls.certFile == nil {
+            throw ConfigError(variable: "RESPOOL_TLS_CERT_FILE", message: "is needed with RESPOOL_TLS_KEY_FILE")
+        }
+        tls.serverName = value("RESPOOL_TLS_SERVER_NAME")
+        if let n = tls.serverName, n.utf8.contains(where: { $0 <= 32 || $0 >= 127 || $0 == UInt8(ascii: "/") }) {
+            throw ConfigError(variable: "RESPOOL_TLS_SERVER_NAME", message: "must be a host name or IP address, got \"\(n.prefix(40))\"")
         }
         if upstream.db >= databases {
             throw ConfigError(variable: upstreamSource, message: "database \(upstream.db) is not below RESPOOL_DATABASES (\(databases))")

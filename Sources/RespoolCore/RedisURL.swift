@@ -21,13 +21,13 @@ public struct RedisURL: Equatable, Sendable, CustomStringConvertible {
     /// Parses a URL; the error text never repeats the URL (it may hold a password).
     public init(parsing text: String) throws(ConfigError.Problem) {
         guard let colon = text.firstIndex(of: ":"), text[colon...].hasPrefix("://") else {
-            throw .init("must look like redis://[user:password@]host:port[/db]")
+            throw .init("must look like redis://[user:password@]host:port[/db] (or rediss:// for TLS)")
         }
         let scheme = text[..<colon].lowercased()
         switch scheme {
         case "redis": tls = false
-        case "rediss": throw .init("rediss:// (TLS) is not supported yet; use redis://")
-        default: throw .init("scheme must be redis:// (got \(scheme.prefix(16))://)")
+        case "rediss": tls = true
+        default: throw .init("scheme must be redis:// or rediss:// (got \(scheme.prefix(16))://)")
         }
         var rest = text[text.index(colon, offsetBy: 3)...]
         // Drop a query or fragment (some providers append options such as ?ssl_cert_reqs=none).

@@ -26,6 +26,11 @@ struct RespoolCommand: ParsableCommand {
     )
 
     @Option(name: .customLong("url"), help: help("RESPOOL_URL")) var url: String?
+    @Option(name: .customLong("tls-verify"), help: help("RESPOOL_TLS_VERIFY")) var tlsVerify: String?
+    @Option(name: .customLong("tls-ca-file"), help: help("RESPOOL_TLS_CA_FILE")) var tlsCAFile: String?
+    @Option(name: .customLong("tls-cert-file"), help: help("RESPOOL_TLS_CERT_FILE")) var tlsCertFile: String?
+    @Option(name: .customLong("tls-key-file"), help: help("RESPOOL_TLS_KEY_FILE")) var tlsKeyFile: String?
+    @Option(name: .customLong("tls-server-name"), help: help("RESPOOL_TLS_SERVER_NAME")) var tlsServerName: String?
     @Option(name: .customLong("bind"), help: help("RESPOOL_BIND")) var bind: String?
     @Option(name: .customLong("port"), help: help("RESPOOL_PORT")) var port: String?
     @Option(name: .customLong("socket"), help: help("RESPOOL_SOCKET")) var socket: String?
@@ -71,7 +76,9 @@ struct RespoolCommand: ParsableCommand {
             p += 1
         }
         let flags: [(String, String?)] = [
-            ("RESPOOL_URL", url), ("RESPOOL_BIND", bind), ("RESPOOL_PORT", port), ("RESPOOL_SOCKET", socket),
+            ("RESPOOL_URL", url), ("RESPOOL_TLS_VERIFY", tlsVerify), ("RESPOOL_TLS_CA_FILE", tlsCAFile),
+            ("RESPOOL_TLS_CERT_FILE", tlsCertFile), ("RESPOOL_TLS_KEY_FILE", tlsKeyFile), ("RESPOOL_TLS_SERVER_NAME", tlsServerName),
+            ("RESPOOL_BIND", bind), ("RESPOOL_PORT", port), ("RESPOOL_SOCKET", socket),
             ("RESPOOL_MAX_SERVER_CONNECTIONS", maxServerConnections), ("RESPOOL_MAX_CLIENTS", maxClients),
             ("RESPOOL_NAME", name), ("RESPOOL_LOG_LEVEL", logLevel), ("RESPOOL_CONNECT_TIMEOUT", connectTimeout),
             ("RESPOOL_SHUTDOWN_TIMEOUT", shutdownTimeout), ("RESPOOL_MAX_BULK_LENGTH", maxBulkLength),
@@ -107,6 +114,10 @@ struct RespoolCommand: ParsableCommand {
         do {
             let proxy = try Proxy(config: config, logger: logger)
             return try proxy.run()
+        } catch let error as ConfigError {
+            // A setting that parsed but cannot be used (a TLS file that does not load): as any bad value, exit 2.
+            writeStderr("respool: \(error)")
+            return 2
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             writeStderr("respool: \(error)")

@@ -82,8 +82,39 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(v6.host, "::1")
         XCTAssertEqual(v6.port, 7000)
         XCTAssertThrowsError(try RedisURL(parsing: "redis://h:1/x"))
-        XCTAssertThrowsError(try RedisURL(parsing: "rediss://h:1"))
+        let secure = try RedisURL(parsing: "rediss://:pw@cache.example.com:6380/1?ssl_cert_reqs=none")
+        XCTAssertTrue(secure.tls)
+        XCTAssertEqual(secure.port, 6380)
+        XCTAssertEqual(secure.description, "rediss://:***@cache.example.com:6380/1")
+        XCTAssertThrowsError(try RedisURL(parsing: "redisss://h:1"))
         XCTAssertThrowsError(try RedisURL(parsing: "h:1"))
+    }
+
+    func testTLSSettings() throws {
+        let plain = try Config(environment: ["RESPOOL_URL": "rediss://h:6380"])
+        XCTAssertTrue(plain.upstream.tls)
+        XCTAssertEqual(plain.tls, TLSSettings(), "verify by default, the system's CAs, no client certificate")
+        let full = try Config(environment: ["RESPOOL_URL": "rediss://h:6380", "RESPOOL_TLS_VERIFY": "NONE", "RESPOOL_TLS_CA_FILE": "/ca.pem",
+                                            "RESPOOL_TLS_CERT_FILE": "/c.pem", "RESPOOL_TLS_KEY_FILE": "/k.pem", "RESPOOL_TLS_SERVER_NAME": "cache.internal"])
+        XCTAssertFalse(full.tls.verify)
+        XCTAssertEqual(full.tls.caFile, "/ca.pem")
+        XCTAssertEqual(full.tls.certFile, "/c.pem")
+        XCTAssertEqual(full.tls.keyFile, "/k.pem")
+        XCTAssertEqual(full.tls.serverName, "cache.internal")
+        let bad: [([String: String], String)] = [
+            (["RESPOOL_URL": "rediss://h", "RESPOOL_TLS_VERIFY": "maybe"], "RESPOOL_TLS_VERIFY"),
+            (["RESPOOL_URL": "rediss://h", "RESPOOL_TLS_CERT_FILE": "/c.pem"], "RESPOOL_TLS_KEY_FILE"),
+            (["RESPOOL_URL": "rediss://h", "RESPOOL_TLS_KEY_FILE": "/k.pem"], "RESPOOL_TLS_CERT_FILE"),
+            (["RESPOOL_URL": "rediss://h", "RESPOOL_TLS_SERVER_NAME": "a b"], "RESPOOL_TLS_SERVER_NAME"),
+            // A TLS setting with a plain redis:// upstream is a mistake worth stopping for.
+            (["RESPOOL_URL": "redis://h", "RESPOOL_TLS_CA_FILE": "/ca.pem"], "RESPOOL_TLS_CA_FILE"),
+            (["REDIS_URL": "redis://h", "RESPOOL_TLS_VERIFY": "none"], "RESPOOL_TLS_VERIFY"),
+        ]
+        for (env, variable) in bad {
+            XCTAssertThrowsError(try Config(environment: env), "\(env)") { e in
+                XCTAssertEqual((e as? ConfigError)?.variable, variable, "\(e)")
+            }
+        }
     }
 
     func testPasswordNeverInDescriptionOrErrors() throws {
