@@ -7,8 +7,9 @@ Lines it reads (first field = kind):
   load  ROUND ROW TARGET CLIENT_TICKS REDIS_TICKS WALL_S REQUESTS
                                                (CPU of redis-benchmark and of redis-server during that run)
   sys   TARGET RUN CALLS REQUESTS              (strace -c total during that run; CALLS may be "n/a")
+  churn TARGET N WALL_S REDIS_TICKS CLIENT_TICKS  (BENCH_TLS: N connect-SET-close clients one after the other)
   mem   TARGET START IDLE BURST PEAK CLOSED CONNECTED REPLIES ERRORS   (kB; see memtest.py)
-Medians across rounds. Targets: direct, respool, twemproxy.
+Medians across rounds. Targets: direct, respool, twemproxy (and with BENCH_TLS direct-tls, respool-tls).
 """
 import argparse
 import statistics
@@ -75,6 +76,7 @@ def main():
     scrapes = []  # "scrapes=N failures=F max_ms=M bytes=B" per run of respool+scrape
     rounds = set()
     loads = []
+    churn = {}  # target -> (n, wall_s, redis_ticks, client_ticks)
     with open(a.results) as f:
         for line in f:
             p = line.rstrip("\n").split("\t")
@@ -95,6 +97,8 @@ def main():
             elif p[0] == "sys":
                 _, target, run, calls, reqs = p
                 sysc.setdefault(run, {})[target] = None if calls == "n/a" else int(calls) / int(reqs)
+            elif p[0] == "churn":
+                churn[p[1]] = (int(p[2]), float(p[3]), int(p[4]), int(p[5]))
             elif p[0] == "mem":
                 mem[p[1]] = [int(x) for x in p[2:]]
             elif p[0] == "scrape":
@@ -136,6 +140,31 @@ def main():
                 out.append([row, cmd, fmt_int(plain), fmt_int(scraped), fmt_ratio(scraped, plain)])
         print(table(["row", "cmd", "respool ops/s", "respool+scrape ops/s", "scraped/plain"], out, ["<", "<", ">", ">", ">"]))
         print("(the ratio is within noise when it lies inside the spread of respool's own rounds, shown above)")
+
+    if any(t == "direct-tls" for (_, _, t) in rps):
+        print()
+        print("TLS upstream: redis-benchmark --tls against redis-server's TLS port, against plain RESP to a respool whose "
+              "upstream is rediss:// (medians)")
+        out = []
+        for row, cmds in rows.items():
+            for cmd in cmds:
+                d = median(rps.get((row, cmd, "direct-tls"), []))
+                r = median(rps.get((row, cmd, "respool-tls"), []))
+                out.append([row, cmd, fmt_int(d), fmt_int(r), fmt_ratio(r, d), fmt_f(median(cpu.get((row, "respool-tls"), [])), 2)])
+        print(table(["row", "cmd", "direct TLS ops/s", "respool-tls ops/s", "respool-tls/direct TLS", "respool-tls µs/req"], out,
+                    ["<", "<", ">", ">", ">", ">"]))
+    if churn:
+        print()
+        print("TLS connection churn: clients that connect, send one SET and close, one after the other (the direct ones "
+              "with a TLS handshake each)")
+        out = []
+        for t in ("direct-tls", "respool-tls"):
+            if t in churn:
+                n, wall, rticks, cticks = churn[t]
+                out.append([t, f"{n:,}", fmt_f(wall * 1e6 / n, 0), fmt_f(rticks * 1e6 / a.clk_tck / n, 0),
+                            fmt_f(cticks * 1e6 / a.clk_tck / n, 0)])
+        print(table(["target", "connections", "µs per connection", "redis-server CPU µs per connection",
+                     "client CPU µs per connection"], out))
 
     print()
     print(f"Proxy CPU per request (µs, utime+stime of the proxy over the row's run (SET and GET) / its requests; "
