@@ -161,7 +161,15 @@ public final class TLSSession {
         return "\(version) \(cipher)"
     }
 
-    /// One SSL_read into `buffer`.
+    /// OpenSSL holds bytes read from the socket that no SSL_read has returned yet (the read event will not fire for
+    /// them).
+    @inline(__always)
+    public var hasPending: Bool {
+        guard let s = ssl else { return false }
+        return SSL_has_pending(s) == 1
+    }
+
+    /// One SSL_read into `buffer` (at most one TLS record, 16 KiB).
     @inline(__always)
     public func read(into buffer: UnsafeMutableRawPointer, capacity: Int) -> TLSReadResult {
         guard let s = ssl else { return .failed("TLS session closed") }

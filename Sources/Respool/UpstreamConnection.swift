@@ -315,8 +315,9 @@ final class UpstreamConnection: Connection {
         }
     }
 
-    /// Reads a TLS connection until OpenSSL has nothing more (records it has already decrypted would not wake the
-    /// read event again), processing each piece as a plain read would.
+    /// Reads a TLS connection (one record per SSL_read), processing each piece as a plain read would: up to 16 records
+    /// per wake-up (the level-triggered read event fires again for what is left in the socket), and on past that
+    /// only while OpenSSL itself holds bytes, which would not wake the event again.
     private func readTLS(_ t: TLSSession) {
         if state == .tls {
             continueTLS()
@@ -325,12 +326,15 @@ final class UpstreamConnection: Connection {
         let scratch = proxy.scratch
         // A write that stopped because OpenSSL had to read first is retried after this read.
         if t.writeWantsRead && !out.isEmpty { markDirty() }
+        var budget = 16
         while !isClosed {
             switch t.read(into: scratch, capacity: proxy.scratchSize) {
             case .data(let n):
                 proxy.stats.upstreamBytesIn &+= n
                 process(UnsafeRawBufferPointer(start: scratch, count: n))
                 if !isClosed { finishProbe() }
+                budget -= 1
+                if budget <= 0 && !t.hasPending { return }
             case .wouldBlock(let wantsWrite):
                 if wantsWrite {
                     tlsReadWantsWrite = true
