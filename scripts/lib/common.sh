@@ -70,3 +70,19 @@ respool_stop_pid() {
     wait "$pid" 2>/dev/null || rc=$?
     return "$rc"
 }
+
+# respool_make_test_certs DIR: a throw-away CA (DIR/ca.crt) and a server certificate for localhost and 127.0.0.1
+# (DIR/server.crt, DIR/server.key), EC P-256, valid two days, made with the openssl command. Fails when it cannot.
+respool_make_test_certs() {
+    local dir=$1
+    local -a ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    command -v openssl >/dev/null 2>&1 || return 1
+    mkdir -p "$dir"
+    echo "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$dir/ext"
+    {
+        openssl req -x509 "${ec[@]}" -keyout "$dir/ca.key" -out "$dir/ca.crt" -days 2 -subj "/CN=respool test CA" &&
+            openssl req "${ec[@]}" -keyout "$dir/server.key" -out "$dir/server.csr" -subj /CN=server &&
+            openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+                -out "$dir/server.crt" -days 2 -extfile "$dir/ext"
+    } >/dev/null 2>&1
+}
