@@ -170,7 +170,8 @@ final class StatsEndpoint: HTTPHandler {
             let state = u.hub != nil ? "pubsub" : u.leased ? "leased" : u.state.rawValue == "ready" ? "shared" : u.state.rawValue
             let holder = u.leasedTo.map { String($0.takeUnretainedValue().id) } ?? "null"
             return "{\"id\":\(u.id),\"name\":\(Metrics.jsonString(u.serverName)),\"state\":\"\(state)\",\"resp\":\(u.proto),\"db\":\(u.db),"
-                + "\"age\":\(Int(now - u.createdAt)),\"pending\":\(u.pending),\"commands_served\":\(u.commandsServed),\"leased_to\":\(holder)}"
+                + "\"age\":\(Int(now - u.createdAt)),\"pending\":\(u.pending),\"commands_served\":\(u.commandsServed),\"leased_to\":\(holder),"
+                + "\"tls\":\(u.tls.map { Metrics.jsonString($0.description) } ?? "null")}"
         }
         return "[" + items.joined(separator: ",") + "]"
     }

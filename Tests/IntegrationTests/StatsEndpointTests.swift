@@ -7,22 +7,8 @@ import RESP
 import XCTest
 
 final class StatsEndpointTests: IntegrationTestCase {
-    private func statsPort(_ respool: Respool) -> Int? {
-        guard let line = respool.stdoutText.split(separator: "\n").first(where: { $0.contains("msg=\"respool started\"") }),
-              let addr = logfmtValue(String(line), key: "stats"), let colon = addr.lastIndex(of: ":") else { return nil }
-        return Int(addr[addr.index(after: colon)...])
-    }
-
-    /// A plain HTTP/1.0 GET on loopback: (status, body).
-    private func get(_ port: Int, _ path: String) throws -> (Int, String) {
-        let c = try TestClient(.loopback(port), timeout: 5)
-        try c.send("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        let raw = c.readToEnd()
-        let text = String(decoding: raw, as: UTF8.self)
-        guard let headerEnd = text.range(of: "\r\n\r\n") else { return (0, text) }
-        let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
-        return (status, String(text[headerEnd.upperBound...]))
-    }
+    private func statsPort(_ respool: Respool) -> Int? { respool.statsPort }
+    private func get(_ port: Int, _ path: String) throws -> (Int, String) { try httpGet(port, path) }
 
     /// Parses Prometheus text with prometheus_client's parser; returns "name{labels} value" lines or throws its error.
     private func parsePrometheus(_ text: String) throws -> [String: Double] {

@@ -87,6 +87,14 @@ final class TLSTests: IntegrationTestCase {
                 let started = respool.stdoutText.split(separator: "\n").first { $0.contains("respool started") } ?? ""
                 XCTAssertEqual(logfmtValue(String(started), key: "tls_verify"), "full", String(started))
                 XCTAssertTrue(respool.output.contains("upstream TLS established"), "debug line naming the TLS version")
+                if let port = respool.statsPort {
+                    let (status, body) = try httpGet(port, "/upstreams")
+                    XCTAssertEqual(status, 200)
+                    XCTAssertTrue(body.contains("\"tls\":\"TLSv1."), "/upstreams names the TLS version: \(body)")
+                    XCTAssertFalse(body.contains(password))
+                } else {
+                    XCTFail("no stats= in the start-up line")
+                }
                 XCTAssertFalse(respool.output.contains(password), "the password was printed:\n\(respool.output)")
             }
         }

@@ -154,6 +154,13 @@ final class Respool: @unchecked Sendable {
     }
 
     func client(timeout: Double = 10) throws -> TestClient { try TestClient(endpoint, timeout: timeout) }
+
+    /// The stats endpoint's port, from the start-up line (stats=HOST:PORT).
+    var statsPort: Int? {
+        guard let line = stdoutText.split(separator: "\n").first(where: { $0.contains("msg=\"respool started\"") }),
+              let addr = logfmtValue(String(line), key: "stats"), let colon = addr.lastIndex(of: ":") else { return nil }
+        return Int(addr[addr.index(after: colon)...])
+    }
 }
 
 /// Value of `key=` in a logfmt line (quoted or bare).
@@ -233,4 +240,15 @@ func parseLogfmt(_ line: String) -> [(key: String, value: String)]? {
         }
     }
     return out.isEmpty ? nil : out
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status, body).
+func httpGet(_ port: Int, _ path: String) throws -> (Int, String) {
+    let c = try TestClient(.loopback(port), timeout: 5)
+    try c.send("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    let raw = c.readToEnd()
+    let text = String(decoding: raw, as: UTF8.self)
+    guard let headerEnd = text.range(of: "\r\n\r\n") else { return (0, text) }
+    let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
+    return (status, String(text[headerEnd.upperBound...]))
 }
