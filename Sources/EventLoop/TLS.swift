@@ -34,7 +34,7 @@ private func drainErrors() -> String {
 }
 
 /// The settings every TLS upstream connection shares (one SSL_CTX per process).
-public final class TLSContext: @unchecked Sendable {
+public final class TLSContext {
     let ctx: OpaquePointer
     public let verify: Bool
 

@@ -156,6 +156,9 @@ public final class Proxy: AcceptHandler {
         meta["server_lifetime"] = "\(config.serverLifetime)s"
         pool.keepWarm()
         logger.info("respool started", metadata: meta)
+        if config.upstream.tls && !config.tls.verify {
+            logger.warning("TLS certificate verification is off (RESPOOL_TLS_VERIFY=none): traffic is encrypted but the upstream's identity is not checked")
+        }
 
         while running {
             base.runOnce()

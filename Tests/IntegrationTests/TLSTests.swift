@@ -134,6 +134,8 @@ final class TLSTests: IntegrationTestCase {
                 let c = try respool.client()
                 assertReply(try c.command("SET", "k", "v"), Reply.ok)
                 assertReply(try c.command("GET", "k"), Reply.bulk("v"))
+                XCTAssertTrue(respool.stdoutText.contains("level=warning msg=\"TLS certificate verification is off"),
+                              "verify=none is said at start-up:\n\(respool.stdoutText)")
             }
         }
     }
