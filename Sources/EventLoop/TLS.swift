@@ -33,6 +33,15 @@ private func drainErrors() -> String {
     return parts.joined(separator: "; ")
 }
 
+/// Why an SSL call failed (SSL_ERROR_SYSCALL or SSL_ERROR_SSL): OpenSSL's queue, else errno's text; nil when both
+/// are empty (the peer closed the connection).
+private func failureReason() -> String? {
+    let e = respool_errno()
+    let queued = drainErrors()
+    if !queued.isEmpty { return queued }
+    return e == 0 ? nil : SystemError("", errno: e).reason
+}
+
 /// The settings every TLS upstream connection shares (one SSL_CTX per process).
 public final class TLSContext {
     let ctx: OpaquePointer
@@ -138,18 +147,14 @@ public final class TLSSession {
         case SSL_ERROR_WANT_READ: return .wantRead
         case SSL_ERROR_WANT_WRITE: return .wantWrite
         case SSL_ERROR_SYSCALL:
-            let e = respool_errno()
-            let queued = drainErrors()
-            if !queued.isEmpty { return .failed("TLS handshake failed: \(queued)") }
-            return .failed(e == 0 ? "TLS handshake failed: connection closed by server" : "TLS handshake failed: \(SystemError("read", errno: e).reason)")
+            return .failed("TLS handshake failed: \(failureReason() ?? "connection closed by server")")
         default:
             let verify = SSL_get_verify_result(s)
             if verify != X509_V_OK, let text = X509_verify_cert_error_string(verify) {
                 _ = drainErrors()
                 return .failed("TLS handshake failed: certificate verify failed (\(String(cString: text)))")
             }
-            let queued = drainErrors()
-            return .failed("TLS handshake failed: \(queued.isEmpty ? "protocol error" : queued)")
+            return .failed("TLS handshake failed: \(failureReason() ?? "protocol error")")
         }
     }
 
@@ -173,6 +178,7 @@ public final class TLSSession {
     @inline(__always)
     public func read(into buffer: UnsafeMutableRawPointer, capacity: Int) -> TLSReadResult {
         guard let s = ssl else { return .failed("TLS session closed") }
+        ERR_clear_error() // SSL_get_error needs an empty queue
         let n = SSL_read(s, buffer, Int32(min(capacity, Int(Int32.max))))
         if n > 0 { return .data(Int(n)) }
         let err = SSL_get_error(s, n)
@@ -181,12 +187,9 @@ public final class TLSSession {
         case SSL_ERROR_WANT_WRITE: return .wouldBlock(wantsWrite: true)
         case SSL_ERROR_ZERO_RETURN: return .eof
         case SSL_ERROR_SYSCALL:
-            let e = respool_errno()
-            let queued = drainErrors()
-            if !queued.isEmpty { return .failed("TLS read: \(queued)") }
-            return e == 0 ? .eof : .failed(SystemError("read", errno: e).reason)
+            return failureReason().map { .failed("TLS read: \($0)") } ?? .eof
         default:
-            return .failed("TLS read: \(drainErrors())")
+            return .failed("TLS read: \(failureReason() ?? "protocol error")")
         }
     }
 
@@ -214,12 +217,12 @@ public final class TLSSession {
             case SSL_ERROR_WANT_READ:
                 writeWantsRead = true
                 return .success(total)
-            case SSL_ERROR_SYSCALL:
+            default:
+                // Its `reason` becomes the connection's close reason: OpenSSL's text when it has one, else errno's.
                 let e = respool_errno()
                 let queued = drainErrors()
-                return .failure(SystemError(queued.isEmpty ? "write" : "TLS write: \(queued)", errno: e == 0 ? EPIPE : e))
-            default:
-                return .failure(SystemError("TLS write: \(drainErrors())", errno: EPROTO))
+                if !queued.isEmpty { return .failure(SystemError("TLS write (\(queued))", errno: 0)) }
+                return .failure(SystemError("write", errno: e == 0 ? EPIPE : e))
             }
         }
         return .success(total)

@@ -113,7 +113,8 @@ class Connection: EventHandler {
                 writeEvent.remove()
             }
             drained()
-        } else {
+        } else if tls?.writeWantsRead != true {
+            // (A TLS write waiting for a read is retried after the next read, not on writability.)
             armWrite()
         }
     }
