@@ -14,6 +14,17 @@ public enum StatefulKind: String, Sendable, Equatable {
     case replication = "replication"
     case connectionState = "connection state"
     case cluster = "cluster mode"
+
+    /// Why a command of this kind cannot go through the pool (the refusal says it).
+    public var reason: String {
+        switch self {
+        case .pubsub: return "its subscription would take a shared connection"
+        case .monitor: return "it would hold an upstream connection for as long as it runs and show every app instance's commands"
+        case .replication: return "a replica needs a server connection of its own"
+        case .connectionState: return "it ties server-side state to one connection, and respool's connections are shared"
+        case .cluster: return "respool fronts one server, not a cluster"
+        }
+    }
 }
 
 /// The subscribe family, served by respool's shared subscriber connection.
@@ -196,6 +207,6 @@ public enum CommandTable {
 
     /// The error a refused command gets (the client stays connected).
     public static func refusal(command: String, kind: StatefulKind) -> String {
-        "ERR respool: '\(command)' needs a dedicated upstream connection (\(kind.rawValue)), which is not supported yet"
+        "ERR respool: '\(command)' is not available through the pool (\(kind.reason)); send it to Redis directly"
     }
 }

@@ -182,8 +182,9 @@ final class CommandTableTests: XCTestCase {
     }
 
     func testRefusalNamesTheCommand() {
-        let e = CommandTable.refusal(command: "psubscribe", kind: .pubsub)
-        XCTAssertTrue(e.hasPrefix("ERR respool: 'psubscribe'"), e)
+        let e = CommandTable.refusal(command: "monitor", kind: .monitor)
+        XCTAssertEqual(e, "ERR respool: 'monitor' is not available through the pool (it would hold an upstream connection "
+                       + "for as long as it runs and show every app instance's commands); send it to Redis directly")
     }
 }
 
