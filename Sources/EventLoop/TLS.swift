@@ -110,21 +110,14 @@ public final class TLSSession {
         ERR_clear_error()
         guard let s = SSL_new(context.ctx) else { throw SystemError("SSL_new: \(drainErrors())", errno: 0) }
         ssl = s
+        // From here a throw runs deinit, which frees the session.
         respool_ssl_set_modes(s)
-        guard SSL_set_fd(s, fd) == 1 else {
-            SSL_free(s)
-            ssl = nil
-            throw SystemError("SSL_set_fd: \(drainErrors())", errno: 0)
-        }
+        guard SSL_set_fd(s, fd) == 1 else { throw SystemError("SSL_set_fd: \(drainErrors())", errno: 0) }
         let isIP = TLSSession.isIPAddress(serverName)
         if !isIP { _ = respool_ssl_set_sni(s, serverName) }
         if context.verify {
             let ok = isIP ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s), serverName) : SSL_set1_host(s, serverName)
-            if ok != 1 {
-                SSL_free(s)
-                ssl = nil
-                throw SystemError("cannot check the server name \(serverName): \(drainErrors())", errno: 0)
-            }
+            if ok != 1 { throw SystemError("cannot check the server name \(serverName): \(drainErrors())", errno: 0) }
         }
         SSL_set_connect_state(s)
     }

@@ -49,6 +49,14 @@ class Connection: EventHandler {
         writeEvent.add()
     }
 
+    /// Stops waiting for writability (if it was armed).
+    final func disarmWrite() {
+        if writeArmed {
+            writeArmed = false
+            writeEvent.remove()
+        }
+    }
+
     @inline(__always)
     final func enableReading() {
         if !readEnabled && !isClosed {
@@ -108,10 +116,7 @@ class Connection: EventHandler {
             }
         }
         if out.isEmpty {
-            if writeArmed {
-                writeArmed = false
-                writeEvent.remove()
-            }
+            disarmWrite()
             drained()
         } else if tls?.writeWantsRead != true {
             // (A TLS write waiting for a read is retried after the next read, not on writability.)

@@ -244,10 +244,7 @@ final class UpstreamConnection: Connection {
     private var tlsReadWantsWrite = false
 
     func connected() {
-        if writeArmed {
-            writeEvent.remove()
-            writeArmed = false
-        }
+        disarmWrite()
         Socket.setNoDelay(fd)
         Socket.setKeepAlive(fd)
         if let context = proxy.tlsContext {
@@ -276,10 +273,7 @@ final class UpstreamConnection: Connection {
             proxy.logger.debug("upstream TLS established", metadata: ["upstream.id": "\(id)", "tls": "\(t.description)"])
             flush()
         case .wantRead:
-            if writeArmed {
-                writeEvent.remove()
-                writeArmed = false
-            }
+            disarmWrite()
         case .wantWrite:
             armWrite()
         case .failed(let why):

@@ -44,11 +44,6 @@ final class TestCertificates {
 }
 
 final class TLSTests: IntegrationTestCase {
-    private func poolConnections(_ redis: RedisServer, _ name: String) throws -> [String] {
-        let list = try redis.client().command("CLIENT", "LIST").string ?? ""
-        return list.split(separator: "\n").map(String.init).filter { $0.contains("name=\(name):pool") }
-    }
-
     /// 20 clients pipelining through two TLS connections, each reply checked against its request; a 4 MiB value
     /// (many TLS records each way); the password from the URL authenticates and is printed nowhere.
     func testTrafficOverTLSWithVerifiedCertificate() throws {
@@ -81,7 +76,7 @@ final class TLSTests: IntegrationTestCase {
                 for i in big.indices { big[i] = UInt8(truncatingIfNeeded: i &* 2654435761 >> 7) }
                 assertReply(try c.command(bytes: ["SET", "\(prefix)big"].map { Array($0.utf8) } + [big]), Reply.ok)
                 assertReply(try c.command("GET", "\(prefix)big"), Reply.bulk(big), "4 MiB value back through TLS")
-                let lines = try poolConnections(redis, name)
+                let lines = try redis.poolConnections(name)
                 XCTAssertFalse(lines.isEmpty, "respool's connections are on the server")
                 XCTAssertLessThanOrEqual(lines.count, 2, "the cap holds over TLS")
                 let started = respool.stdoutText.split(separator: "\n").first { $0.contains("respool started") } ?? ""

@@ -5,11 +5,6 @@ import RESP
 import XCTest
 
 final class UpstreamLifecycleTests: IntegrationTestCase {
-    private func poolConnections(_ redis: RedisServer, _ name: String) throws -> [String] {
-        let list = try redis.client().command("CLIENT", "LIST").string ?? ""
-        return list.split(separator: "\n").map(String.init).filter { $0.contains("name=\(name):pool") }
-    }
-
     private func ids(_ lines: [String]) -> Set<String> {
         Set(lines.compactMap { $0.split(separator: " ").first { $0.hasPrefix("id=") }.map(String.init) })
     }
@@ -21,7 +16,7 @@ final class UpstreamLifecycleTests: IntegrationTestCase {
                                       "RESPOOL_SERVER_IDLE_TIMEOUT": "1"]) { redis, respool in
             var lines: [String] = []
             for _ in 0..<50 {
-                lines = try poolConnections(redis, name)
+                lines = try redis.poolConnections(name)
                 if lines.count == 2 { break }
                 sleepSeconds(0.05)
             }
@@ -37,7 +32,7 @@ final class UpstreamLifecycleTests: IntegrationTestCase {
             }
             XCTAssertEqual(failures.count, 0, failures.summary)
             // Fill-first: at most 40 small requests in flight never push a connection past Pool.packLimit (8192).
-            XCTAssertEqual(try poolConnections(redis, name).count, 2, "light load stays on the connections already open")
+            XCTAssertEqual(try redis.poolConnections(name).count, 2, "light load stays on the connections already open")
             // A connection far behind is passed over: a script holds the server for 300 ms while three clients
             // each queue 8,200 commands; the second and third find the connections open so far too busy.
             let busy = "local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] " +
@@ -53,11 +48,11 @@ final class UpstreamLifecycleTests: IntegrationTestCase {
                 if k == 0 { assertReply(try c.readValue(), .integer(1)) }
                 for i in 0..<8200 { assertReply(try c.readValue(), Reply.bulk("c\(k)-\(i)")) }
             }
-            XCTAssertGreaterThan(try poolConnections(redis, name).count, 2, "the pool grew once its connections fell behind")
+            XCTAssertGreaterThan(try redis.poolConnections(name).count, 2, "the pool grew once its connections fell behind")
             // Closed at the first janitor tick (once a second) after 1 s of idleness: poll for up to 5 s.
             var count = 0
             for _ in 0..<100 {
-                count = try poolConnections(redis, name).count
+                count = try redis.poolConnections(name).count
                 if count == 2 { break }
                 sleepSeconds(0.05)
             }
@@ -69,7 +64,7 @@ final class UpstreamLifecycleTests: IntegrationTestCase {
         try requireRealRespool()
         let name = "itlife\(getpid())"
         try withRedisAndRespool(env: ["RESPOOL_NAME": name, "RESPOOL_MAX_SERVER_CONNECTIONS": "3", "RESPOOL_SERVER_LIFETIME": "1"]) { redis, respool in
-            let before = ids(try poolConnections(redis, name))
+            let before = ids(try redis.poolConnections(name))
             let endpoint = respool.endpoint
             let failures = FailureLog()
             let start = monotonicNow()
@@ -85,10 +80,10 @@ final class UpstreamLifecycleTests: IntegrationTestCase {
             XCTAssertEqual(failures.count, 0, failures.summary)
             // A connection that was busy to the end retires when its last reply is out; the server sees the close a
             // moment later: poll for up to 3 s.
-            var after = ids(try poolConnections(redis, name))
+            var after = ids(try redis.poolConnections(name))
             for _ in 0..<60 where !before.isDisjoint(with: after) {
                 sleepSeconds(0.05)
-                after = ids(try poolConnections(redis, name))
+                after = ids(try redis.poolConnections(name))
             }
             XCTAssertTrue(before.isDisjoint(with: after), "connections older than the lifetime were replaced: \(before) -> \(after)")
             XCTAssertLessThanOrEqual(after.count, 3)
@@ -102,10 +97,10 @@ final class UpstreamLifecycleTests: IntegrationTestCase {
                                 env: ["RESPOOL_NAME": name, "RESPOOL_SERVER_KEEPALIVE": "0.5", "RESPOOL_MAX_SERVER_CONNECTIONS": "2"]) { redis, respool in
             let c = try respool.client()
             assertReply(try c.command("SET", "k", "v"), Reply.ok)
-            let before = ids(try poolConnections(redis, name))
+            let before = ids(try redis.poolConnections(name))
             sleepSeconds(4)
             assertReply(try c.command("GET", "k"), Reply.bulk("v"), "first command after 4s idle")
-            let after = ids(try poolConnections(redis, name))
+            let after = ids(try redis.poolConnections(name))
             XCTAssertFalse(before.isEmpty)
             XCTAssertTrue(before.isSubset(of: after), "the pooled connections survived the server's 2s timeout: \(before) -> \(after)")
             XCTAssertFalse(respool.stdoutText.contains("upstream connection lost"), respool.stdoutText)

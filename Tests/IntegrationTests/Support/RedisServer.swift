@@ -156,3 +156,11 @@ final class RedisServer: @unchecked Sendable {
         removeTree(dir)
     }
 }
+
+extension RedisServer {
+    /// The server's CLIENT LIST lines of respool's shared connections named `<name>:pool`.
+    func poolConnections(_ name: String) throws -> [String] {
+        let list = try client().command("CLIENT", "LIST").string ?? ""
+        return list.split(separator: "\n").map(String.init).filter { $0.contains("name=\(name):pool") }
+    }
+}
