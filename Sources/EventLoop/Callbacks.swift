@@ -16,6 +16,10 @@ open class EventHandler {
 public struct IOEvent {
     public private(set) var raw: OpaquePointer?
 
+    /// Events allocated and not yet freed, process-wide (the loop is single-threaded). A gauge for leaks: with no
+    /// clients it returns to the same value however many came and went.
+    nonisolated(unsafe) public private(set) static var live = 0
+
     public static let read: Int16 = respool_ev_read()
     public static let write: Int16 = respool_ev_write()
     public static let persist: Int16 = respool_ev_persist()
@@ -45,6 +49,7 @@ public struct IOEvent {
         }
         guard let ev else { throw SystemError("event_new", errno: 0) }
         raw = ev
+        IOEvent.live += 1
     }
 
     public var isValid: Bool { raw != nil }
@@ -68,7 +73,10 @@ public struct IOEvent {
 
     /// Frees the event (deleting it first). Safe to call twice.
     public mutating func free() {
-        if let raw { event_free(raw) }
+        if let raw {
+            event_free(raw)
+            IOEvent.live -= 1
+        }
         raw = nil
     }
 }

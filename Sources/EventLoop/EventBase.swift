@@ -49,12 +49,11 @@ public final class EventBase {
         _ = event_base_loop(raw, EVLOOP_NONBLOCK)
     }
 
-    /// Monotonic "now" in seconds as the loop caches it (cheap).
-    public func now() -> Double {
-        var tv = timeval()
-        event_base_gettimeofday_cached(raw, &tv)
-        return Double(tv.tv_sec) + Double(tv.tv_usec) / 1_000_000
-    }
+    /// "Now" for every deadline, age and back-off: the monotonic clock (CLOCK_MONOTONIC, a vDSO read of ~20 ns).
+    /// Not libevent's cached time, which is wall-clock time: an NTP step forward made every client look idle for
+    /// as long as the step, and a step back suspended every timeout.
+    @inline(__always)
+    public func now() -> Double { monotonicNow() }
 
     public var backendName: String { String(cString: event_base_get_method(raw)) }
 }

@@ -10,8 +10,8 @@ public struct RESPLimits: Sendable, Equatable {
     public var maxInlineLength: Int
     /// Longest simple line inside a reply (+ - : _ # , ( and count lines).
     public var maxReplyLineLength: Int
-    /// Deepest nesting of aggregates in a reply. `ReplyFramer` tracks at most `ReplyFramer.depthCapacity` levels,
-    /// so larger values act as that capacity.
+    /// Deepest nesting of aggregates `RESPDecoder` builds values for (it recurses; at most
+    /// `RESPDecoder.depthCapacity`). `ReplyFramer` follows any depth and ignores this.
     public var maxDepth: Int
 
     public init(maxBulkLength: Int = 512 << 20, maxMultibulkLength: Int = Int(Int32.max),

@@ -2,6 +2,11 @@
 // with the same limits and error messages, and additionally checks the contents of lines (integers, booleans...).
 
 public enum RESPDecoder {
+    /// The deepest nesting decoded (the reader recurses once per level); `RESPLimits.maxDepth` above this acts as it.
+    /// Respool decodes only its own internal replies (handshake, SCAN, INFO, COMMAND, pub/sub frames); client replies
+    /// are framed, never decoded, at any depth.
+    public static let depthCapacity = 128
+
     /// Decode one complete value from the start of `bytes`; nil when incomplete; throws RESPProtocolError when malformed.
     public static func decode(_ bytes: UnsafeRawBufferPointer, limits: RESPLimits = RESPLimits()) throws(RESPProtocolError) -> (value: RESPValue, consumed: Int)? {
         var reader = Reader(bytes: bytes, limits: limits)
@@ -70,7 +75,7 @@ struct Reader {
     init(bytes: UnsafeRawBufferPointer, limits: RESPLimits) {
         self.bytes = bytes
         self.limits = limits
-        self.maxDepth = min(limits.maxDepth, ReplyFramer.depthCapacity)
+        self.maxDepth = min(limits.maxDepth, RESPDecoder.depthCapacity)
     }
 
     static func bad(_ message: String) -> DecodeFailure {

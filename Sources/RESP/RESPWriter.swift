@@ -109,6 +109,14 @@ public struct RESPWriter: Sendable {
     }
 
     /// "*n\r\n$len\r\narg\r\n..."
+    /// One error reply, "-<s>\r\n", with CR and LF inside `s` replaced by spaces (as redis-server does): the one way
+    /// respool composes an error, whatever its text came from (a client's argument, a server's or OpenSSL's message).
+    public static func errorLine(_ s: String) -> [UInt8] {
+        var w = RESPWriter()
+        w.error(s)
+        return w.bytes
+    }
+
     public static func command(_ args: [[UInt8]]) -> [UInt8] {
         var w = RESPWriter()
         w.bytes.reserveCapacity(16 + args.reduce(0) { $0 + $1.count + 16 })

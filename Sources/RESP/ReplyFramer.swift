@@ -1,19 +1,16 @@
 // Resumable framer for server replies (RESP2 and RESP3): finds where each top-level reply ends and its type byte.
 //
-// Counting instead of a stack (shared/design.md): `remaining` is the number of values still expected, not yet
-// started. It starts at 1; every value header subtracts 1; "*n", "~n", ">n" add n, "%n" adds 2n and an attribute
-// "|n" adds 2n without subtracting (it annotates the value that follows and is not itself counted). The reply is
-// complete when a value ends with `remaining == 0`.
-// Depth (for `maxDepth`) needs to know when an aggregate ends: an aggregate opened when `remaining` was r (after its
-// own header) ends when a value completes and `remaining` is back at r. Those thresholds are kept in a fixed inline
-// vector; they never decrease from outer to inner levels, so the innermost is the only one to compare against.
+// Counting instead of a stack: `remaining` is the number of values still expected, not yet started. It starts at 1;
+// every value header subtracts 1; "*n", "~n", ">n" add n, "%n" adds 2n and an attribute "|n" adds 2n without
+// subtracting (it annotates the value that follows and is not itself counted). The reply is complete when a value
+// ends with `remaining == 0`. Nothing here depends on how deep aggregates nest, so any depth the server sends is
+// followed (a Lua script can return thousands of nested arrays): the server is not the adversary, and a reply framed
+// wrongly would cost every command in flight on its connection.
+// The reply's kind is the type of the first header read while `remaining` is 1: headers inside a leading attribute
+// are read with at least 2 (the attribute's element and the value it annotates), so that is the annotated value.
 
-/// Resumable framer for server replies: RESP2 and RESP3 (+ - : $ * _ # , ( ! = % ~ > |), no stack for counting
-/// (elements still expected), depth tracked for the limit.
+/// Resumable framer for server replies: RESP2 and RESP3 (+ - : $ * _ # , ( ! = % ~ > |), no stack, no depth limit.
 public struct ReplyFramer: Sendable {
-    /// Nesting levels the framer can track; `RESPLimits.maxDepth` values above this act as this.
-    public static let depthCapacity = 64
-
     @usableFromInline
     enum Phase: UInt8, Sendable {
         case header       // the type byte of the next value
@@ -29,11 +26,9 @@ public struct ReplyFramer: Sendable {
 
     @usableFromInline var phase: Phase = .header
     @usableFromInline var remaining = 1              // values still expected in this reply
-    @usableFromInline var depth = 0                  // open aggregates (attributes included)
-    @usableFromInline var closeAt = -1               // threshold of the innermost open aggregate, -1 when none
-    @usableFromInline var thresholds = SIMD64<Int>() // thresholds of the open aggregates, outermost first
     @usableFromInline var type: UInt8 = 0            // type byte of the value being read
     @usableFromInline var topKind: UInt8 = 0
+    @usableFromInline var kindPending = true         // the reply's own type byte is still to come
     @usableFromInline var inFrame = false            // a reply has started (even if only its attribute so far)
     @usableFromInline var lineLength = 0
     @usableFromInline var number = IntegerScanner()
@@ -43,13 +38,11 @@ public struct ReplyFramer: Sendable {
     @usableFromInline let maxBulkLength: Int
     @usableFromInline let maxMultibulkLength: Int
     @usableFromInline let maxLineLength: Int
-    @usableFromInline let maxDepth: Int
 
     public init(limits: RESPLimits = RESPLimits()) {
         maxBulkLength = limits.maxBulkLength
         maxMultibulkLength = limits.maxMultibulkLength
         maxLineLength = limits.maxReplyLineLength
-        maxDepth = min(limits.maxDepth, Self.depthCapacity)
     }
 
     /// Valid after `.frame`: type byte of the top-level value that completed (attributes skipped, i.e. the byte of
@@ -86,8 +79,11 @@ public struct ReplyFramer: Sendable {
                 type = c
                 inFrame = true
                 if c != UInt8(ascii: "|") {              // an attribute is not counted and is not the reply's kind
+                    if kindPending && remaining == 1 {
+                        topKind = c
+                        kindPending = false
+                    }
                     remaining &-= 1
-                    if depth == 0 { topKind = c }
                 }
                 if isLine {
                     lineLength = 0
@@ -196,7 +192,6 @@ public struct ReplyFramer: Sendable {
         default:
             if n == -1 && type == UInt8(ascii: "*") { return valueCompleted(at: i) }
             guard n >= 0, n <= maxMultibulkLength else { return fail(.invalidMultibulkLength) }
-            if depth >= maxDepth { return fail(.nestingTooDeep) }
             let paired = type == UInt8(ascii: "%") || type == UInt8(ascii: "|")
             let (elements, overflow1) = paired ? n.multipliedReportingOverflow(by: 2) : (n, false)
             let (total, overflow2) = remaining.addingReportingOverflow(elements)
@@ -209,9 +204,6 @@ public struct ReplyFramer: Sendable {
                 }
                 return valueCompleted(at: i)
             }
-            thresholds[depth] = remaining
-            closeAt = remaining
-            depth &+= 1
             remaining = total
             phase = .header
             return nil
@@ -226,17 +218,14 @@ public struct ReplyFramer: Sendable {
         }
     }
 
-    /// A value ended at `end`: close the aggregates it completes; returns the frame when the reply is complete.
+    /// A value ended at `end`; returns the frame when the reply is complete.
     @inlinable
     mutating func valueCompleted(at end: Int) -> FrameResult? {
         phase = .header
-        while remaining == closeAt {
-            depth &-= 1
-            closeAt = depth > 0 ? thresholds[depth &- 1] : -1
-        }
         if remaining == 0 {
             remaining = 1
             inFrame = false
+            kindPending = true
             return .frame(end: end)
         }
         return nil

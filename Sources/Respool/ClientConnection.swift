@@ -348,7 +348,8 @@ final class ClientConnection: Connection {
             case .local(.auth), .local(.hello), .local(.quit), .local(.reset): break
             default:
                 if inFlight > 0 { stall = .barrier; return false }
-                replyError("NOAUTH Authentication required.")
+                // redis-server rejects an unknown command (or a wrong argument count) before asking for AUTH.
+                replyError(CommandTable.serverRejection(knownArgs ?? RESPDecoder.arguments(ofRequest: frame)) ?? "NOAUTH Authentication required.")
                 return true
             }
         }
@@ -362,7 +363,8 @@ final class ClientConnection: Connection {
             case .pubsub, .ping, .local(.quit), .local(.reset): break
             default:
                 if inFlight > 0 { stall = .barrier; return false }
-                replyError("ERR Can't execute '\(head.name)': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
+                let args = knownArgs ?? RESPDecoder.arguments(ofRequest: frame)
+                replyError(CommandTable.serverRejection(args) ?? "ERR Can't execute '\(CommandTable.fullName(args))': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
                 return true
             }
         }
@@ -388,8 +390,7 @@ final class ClientConnection: Connection {
             }
             return forward(frame)
         case .streamRead:
-            let args = knownArgs ?? RESPDecoder.arguments(ofRequest: frame)
-            if args.dropFirst().contains(where: { SmallBytes(lowercasing: $0) == SmallBytes("block") }) {
+            if CommandTable.streamReadBlocks(knownArgs ?? RESPDecoder.arguments(ofRequest: frame)) {
                 return leased(frame, reason: .blocking)
             }
             return forward(frame)
@@ -675,7 +676,7 @@ final class ClientConnection: Connection {
     }
 
     func replyError(_ message: String) {
-        reply(Array("-\(message)\r\n".utf8))
+        reply(RESPWriter.errorLine(message))
     }
 
     private func protocolError(_ e: RESPProtocolError) {

@@ -79,7 +79,7 @@ extension ClientConnection {
               case .array(let found?) = parts[1] else {
             scanJob = nil
             // An error (or anything unexpected) from SCAN is what the client gets.
-            if case .error? = decoded?.value { out.append(bytes) } else { out.append(Array("-ERR respool: unexpected SCAN reply\r\n".utf8)) }
+            if case .error? = decoded?.value { out.append(bytes) } else { out.append(RESPWriter.errorLine("ERR respool: unexpected SCAN reply")) }
             markDirty()
             replyDelivered()
             return

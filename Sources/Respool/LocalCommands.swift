@@ -115,6 +115,11 @@ extension ClientConnection {
             name = newName.isEmpty ? nil : newName
             if let lease { proxy.pool.nameLease(lease.takeUnretainedValue(), for: self) }
         }
+        if version != proto, let lease {
+            // Holding a lease (WATCH): its connection switches too, as a direct connection would (the HELLO's reply
+            // is checked and swallowed); it goes back to the pool as a connection of the new protocol.
+            lease._withUnsafeGuaranteedRef { $0.retarget(proto: version, db: $0.db) }
+        }
         proto = version
         var w = RESPWriter(proto: proto)
         w.mapHeader(7)
@@ -136,7 +141,7 @@ extension ClientConnection {
         let wrong = "WRONGPASS invalid username-password pair or user is disabled."
         if let required = proxy.clientPassword {
             if let user, Self.text(user) != "default" { return wrong }
-            guard constantTimeEqual(password, required) else { return wrong }
+            guard ConstantTime.equal(password, required) else { return wrong }
             authenticated = true
             return nil
         }
@@ -380,13 +385,4 @@ extension ClientConnection {
             + "events=r cmd=\(lastCommand) user=default "
             + "redir=-1 resp=\(proto) lib-name=\(libName.map { Self.text($0) } ?? "") lib-ver=\(libVersion.map { Self.text($0) } ?? "")\n"
     }
-}
-
-/// Compares without an early exit, so the time taken does not tell how much of a guess was right.
-func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-    var diff = UInt8(truncatingIfNeeded: a.count ^ b.count)
-    for i in 0..<max(a.count, b.count) {
-        diff |= (i < a.count ? a[i] : 0) ^ (i < b.count ? b[i] : 0)
-    }
-    return diff == 0
 }

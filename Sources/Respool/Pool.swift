@@ -70,8 +70,10 @@ final class Pool: EventHandler {
         var bestLoad = Int.max
         for um in live {
             let load = um._withUnsafeGuaranteedRef { u -> Int in
+                // A connection still connecting counts by what is queued on it, as a ready one: clients that arrive
+                // meanwhile queue behind its handshake instead of each opening another connection up to the cap.
                 if u.proto != proto || u.db != db || u.retiring { return Int.max }
-                return u.state == .ready ? u.pending : u.pending + 1_000_000
+                return u.pending
             }
             if load > 0 && load < Pool.packLimit && um._withUnsafeGuaranteedRef({ $0.streamed == 0 && $0.out.count < Pool.packBytes }) {
                 // Fill-first: the first connection (in opening order) that is not too far behind takes the client.

@@ -123,6 +123,8 @@ public final class Proxy: AcceptHandler {
             listeners.append(try Listener(base: base, unixPath: path, handler: self))
             meta["socket"] = "\(path)"
         }
+        let resume = OneShot { [weak self] in self?.listeners.forEach { $0.resume() } }
+        acceptResume = (resume, try Timer(base: base, handler: resume))
         signals.append(try SignalWatch(base: base, signal: SIGTERM, handler: signalHandler, tag: .primary))
         signals.append(try SignalWatch(base: base, signal: SIGINT, handler: signalHandler, tag: .tertiary))
         signals.append(try SignalWatch(base: base, signal: SIGUSR1, handler: signalHandler, tag: .secondary))
@@ -252,14 +254,13 @@ public final class Proxy: AcceptHandler {
 
     public override func acceptFailed(_ error: SystemError) {
         logger.error("accept failed", metadata: ["error": "\(error)"])
-        // Out of descriptors: stop accepting briefly instead of spinning.
+        // Out of descriptors: stop accepting briefly instead of spinning; one timer, made at start-up, resumes.
         for l in listeners { l.pause() }
-        let h = OneShot { [weak self] in self?.listeners.forEach { $0.resume() } }
-        if let t = try? Timer(base: base, handler: h) {
-            t.schedule(after: 0.1)
-            graveyardTimers.append((h, t))
-        }
+        acceptResume?.1.schedule(after: 0.1)
     }
+
+    /// Resumes the listeners after an accept failure (created once in `run`).
+    private var acceptResume: (OneShot, Timer)?
 
     private var graveyardTimers: [(OneShot, Timer)] = []
 
@@ -309,7 +310,8 @@ public final class Proxy: AcceptHandler {
     /// RESPOOL_STATS_INTERVAL.
     func periodic(now: Double) {
         if config.advisorInterval > 0 && now >= nextAdvisorPoll {
-            nextAdvisorPoll = now + config.advisorInterval
+            nextAdvisorPoll += config.advisorInterval
+            if nextAdvisorPoll <= now { nextAdvisorPoll = now + config.advisorInterval }
             if let u = pool.readyShared {
                 u.requestInfo()
             }
@@ -320,7 +322,10 @@ public final class Proxy: AcceptHandler {
                 let commands = stats.commandsForwarded + stats.commandsLocal
                 let rate = Double(commands - commandsAtLastLine) / config.statsInterval
                 commandsAtLastLine = commands
-                nextStatsLine = now + config.statsInterval
+                // On the interval's own cadence: the janitor's tick never fires early, so "now + interval" drifted
+                // to every other tick with a 1 s interval.
+                nextStatsLine += config.statsInterval
+                if nextStatsLine <= now { nextStatsLine = now + config.statsInterval }
                 let ups = pool.upstreams
                 logger.info("stats", metadata: [
                     "clients": "\(openClients)", "upstreams_shared": "\(ups.filter { !$0.leased && $0.hub == nil }.count)",

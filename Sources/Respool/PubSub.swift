@@ -22,14 +22,30 @@ final class PubSubHub {
     private var refcount: [[[UInt8]: Int]] = [[:], [:], [:]]
     /// Names whose upstream subscription is sent and not yet confirmed.
     private var unconfirmed: [Set<[UInt8]>] = [[], [], []]
+    /// Names the server has confirmed (and that no UNSUBSCRIBE has been sent for since).
+    private var subscribedUpstream: [Set<[UInt8]>] = [[], [], []]
     /// Client requests waiting for upstream confirmations, in arrival order.
     private var waiting: [Waiting] = []
+    private var nextWaitingID = 0
+    /// Commands sent on the subscriber connection whose replies are still due, oldest first: the server answers each
+    /// with one confirmation per name, or with one error for the whole command (an ACL without the channel, say).
+    private var sent: [Sent] = []
 
     struct Waiting {
+        let id: Int
         let client: ClientConnection
         let space: Space
         let names: [[UInt8]]
         let reply: [UInt8]
+    }
+
+    struct Sent {
+        let subscribe: Bool
+        let space: Space
+        let names: [[UInt8]]
+        /// The request it was sent for (a SUBSCRIBE), which gets the server's error if there is one.
+        let owner: Int?
+        var repliesLeft: Int
     }
 
     init(proxy: Proxy, proto: Int) {
@@ -39,9 +55,26 @@ final class PubSubHub {
 
     var channelCount: Int { members[0].count + members[1].count + members[2].count }
 
+    private static let subscribeWords = ["SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"]
+    private static let unsubscribeWords = ["UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"]
+
+    private func send(subscribe: Bool, space: Space, names: [[UInt8]], owner: Int?) {
+        guard let u = upstream, !names.isEmpty else { return }
+        let word = (subscribe ? Self.subscribeWords : Self.unsubscribeWords)[space.rawValue]
+        u.sendInternal(RESPWriter.command([Array(word.utf8)] + names))
+        sent.append(Sent(subscribe: subscribe, space: space, names: names, owner: owner, repliesLeft: names.count))
+        for n in names {
+            if subscribe {
+                unconfirmed[space.rawValue].insert(n)
+            } else {
+                subscribedUpstream[space.rawValue].remove(n)
+            }
+        }
+    }
+
     /// Subscribes `client` to `names`. The reply (its confirmations) is sent at once when every name is already
-    /// subscribed upstream, else when the server confirms the new ones. Returns false when no subscriber connection
-    /// can be had yet (the client waits for the pool), or an error text.
+    /// subscribed upstream, else when the server confirms the new ones (or the server's error instead, if it refuses
+    /// them). Returns false when no subscriber connection can be had yet (the client waits for the pool), or an error.
     func subscribe(_ client: ClientConnection, space: Space, names: [[UInt8]], reply: [UInt8]) -> Result<Bool, PubSubError> {
         if upstream == nil {
             switch proxy.pool.lease(proto: proto, db: proxy.config.upstream.db, for: nil) {
@@ -56,19 +89,18 @@ final class PubSubHub {
                 return .failure(PubSubError(message: why))
             }
         }
+        let id = nextWaitingID
+        nextWaitingID += 1
         var fresh: [[UInt8]] = []
         for n in names {
             refcount[space.rawValue][n, default: 0] += 1
-            if refcount[space.rawValue][n] == 1 {
+            if refcount[space.rawValue][n] == 1 && !unconfirmed[space.rawValue].contains(n)
+                && !subscribedUpstream[space.rawValue].contains(n) {
                 fresh.append(n)
-                unconfirmed[space.rawValue].insert(n)
             }
         }
-        if !fresh.isEmpty {
-            let word = [Space.channel: "SUBSCRIBE", .pattern: "PSUBSCRIBE", .shard: "SSUBSCRIBE"][space]!
-            upstream!.sendInternal(RESPWriter.command([Array(word.utf8)] + fresh))
-        }
-        let w = Waiting(client: client, space: space, names: names, reply: reply)
+        send(subscribe: true, space: space, names: fresh, owner: id)
+        let w = Waiting(id: id, client: client, space: space, names: names, reply: reply)
         if names.contains(where: { unconfirmed[space.rawValue].contains($0) }) {
             client.pubsubPending += 1
             waiting.append(w)
@@ -82,22 +114,24 @@ final class PubSubHub {
     func unsubscribe(_ client: ClientConnection, space: Space, names: [[UInt8]]) {
         var gone: [[UInt8]] = []
         for n in names {
-            guard let c = refcount[space.rawValue][n] else { continue }
             members[space.rawValue][n]?.removeValue(forKey: ObjectIdentifier(client))
             if members[space.rawValue][n]?.isEmpty == true { members[space.rawValue][n] = nil }
-            if c <= 1 {
-                refcount[space.rawValue][n] = nil
-                unconfirmed[space.rawValue].remove(n)
-                gone.append(n)
-            } else {
-                refcount[space.rawValue][n] = c - 1
-            }
+            if release(space: space, name: n) { gone.append(n) }
         }
-        if !gone.isEmpty, let u = upstream {
-            let word = [Space.channel: "UNSUBSCRIBE", .pattern: "PUNSUBSCRIBE", .shard: "SUNSUBSCRIBE"][space]!
-            u.sendInternal(RESPWriter.command([Array(word.utf8)] + gone))
-        }
+        send(subscribe: false, space: space, names: gone, owner: nil)
         releaseIfUnused()
+    }
+
+    /// One client less wants `name`; true when the upstream subscription should end now (a name whose subscription
+    /// is still unconfirmed is unsubscribed when its confirmation comes).
+    private func release(space: Space, name n: [UInt8]) -> Bool {
+        guard let c = refcount[space.rawValue][n] else { return false }
+        if c > 1 {
+            refcount[space.rawValue][n] = c - 1
+            return false
+        }
+        refcount[space.rawValue][n] = nil
+        return subscribedUpstream[space.rawValue].contains(n)
     }
 
     /// A client went away: all its subscriptions end.
@@ -119,20 +153,24 @@ final class PubSubHub {
         guard let u = upstream, refcount.allSatisfy({ $0.isEmpty }), waiting.isEmpty else { return }
         upstream = nil
         u.hub = nil
+        sent.removeAll()
+        unconfirmed = [[], [], []]
+        subscribedUpstream = [[], [], []]
         proxy.pool.endLease(Unmanaged.passUnretained(u), clean: false)
     }
 
     // MARK: frames from the subscriber connection
 
-    /// One complete frame from the subscriber connection: a message to fan out or a confirmation to consume.
+    /// One complete frame from the subscriber connection: a message to fan out, a confirmation to consume, or an
+    /// error refusing the oldest command sent.
     func frame(_ bytes: UnsafeRawBufferPointer) {
         guard let decoded = (try? RESPDecoder.decode(bytes)) ?? nil else { return }
         let items: [RESPValue]
         switch decoded.value {
         case .array(let a?): items = a
         case .push(let a): items = a
-        case .error(let e):
-            proxy.logger.warning("subscriber connection error", metadata: ["error": "\(String(decoding: e, as: UTF8.self))"])
+        case .error, .bulkError:
+            refused(Array(bytes))
             return
         default: return
         }
@@ -149,12 +187,62 @@ final class PubSubHub {
             for c in clients.values where !c.isClosed { c.deliver(bytes.baseAddress!, count: bytes.count) }
         case "subscribe", "psubscribe", "ssubscribe":
             let space: Space = kind == "subscribe" ? .channel : kind == "psubscribe" ? .pattern : .shard
+            replyArrived()
             guard let key = name(1) else { return }
             unconfirmed[space.rawValue].remove(key)
+            subscribedUpstream[space.rawValue].insert(key)
+            if refcount[space.rawValue][key] == nil {
+                // Everyone who wanted it left (or was refused) while the subscription was on its way.
+                send(subscribe: false, space: space, names: [key], owner: nil)
+            }
             releaseConfirmed()
+            releaseIfUnused()
+        case "unsubscribe", "punsubscribe", "sunsubscribe":
+            replyArrived()
         default:
-            break   // unsubscribe confirmations, pongs
+            break
         }
+    }
+
+    /// A confirmation counts against the oldest command sent.
+    private func replyArrived() {
+        guard !sent.isEmpty else { return }
+        sent[0].repliesLeft -= 1
+        if sent[0].repliesLeft <= 0 { sent.removeFirst() }
+    }
+
+    /// The server refused the oldest command sent (`error` is its reply, byte for byte). A SUBSCRIBE's request gets
+    /// that error as its reply, in its place in the client's order, and its names are rolled back; names it
+    /// subscribed for that other waiting requests also want are asked for again, on behalf of the first of them
+    /// (so if the server refuses those too, it is that request's own names it refuses).
+    private func refused(_ error: [UInt8]) {
+        guard !sent.isEmpty else {
+            proxy.logger.warning("subscriber connection error", metadata: ["error": "\(String(decoding: error, as: UTF8.self))"])
+            return
+        }
+        let s = sent.removeFirst()
+        guard s.subscribe else {
+            proxy.logger.warning("unsubscribe refused by the server", metadata: ["error": "\(String(decoding: error, as: UTF8.self))"])
+            return
+        }
+        for n in s.names { unconfirmed[s.space.rawValue].remove(n) }
+        var gone: [[UInt8]] = []
+        if let i = waiting.firstIndex(where: { $0.id == s.owner }) {
+            let w = waiting.remove(at: i)
+            for n in w.names where release(space: w.space, name: n) { gone.append(n) }
+            w.client.pubsubRefused(w, error: error)
+        }
+        send(subscribe: false, space: s.space, names: gone, owner: nil)
+        // Names of the refused command still wanted by other waiting requests: asked for again.
+        var again = s.names.filter { refcount[s.space.rawValue][$0] != nil }
+        for w in waiting where w.space == s.space && !again.isEmpty {
+            let mine = again.filter { w.names.contains($0) }
+            guard !mine.isEmpty else { continue }
+            again.removeAll { mine.contains($0) }
+            send(subscribe: true, space: s.space, names: mine, owner: w.id)
+        }
+        releaseConfirmed()
+        releaseIfUnused()
     }
 
     /// Sends the confirmations whose names are all confirmed upstream, keeping each client's order.
@@ -185,7 +273,9 @@ final class PubSubHub {
         members = [[:], [:], [:]]
         refcount = [[:], [:], [:]]
         unconfirmed = [[], [], []]
+        subscribedUpstream = [[], [], []]
         waiting = []
+        sent = []
         var seen = Set<ObjectIdentifier>()
         for c in clients where seen.insert(ObjectIdentifier(c)).inserted {
             c.subscriptions = [[], [], []]
@@ -271,6 +361,21 @@ extension ClientConnection {
         if let name { w.bulk(name) } else { w.null() }
         w.integer(count)
         return w.bytes
+    }
+
+    /// The server refused this client's SUBSCRIBE: its error is the reply, and the names it added are gone again
+    /// (as on redis-server, a refused SUBSCRIBE subscribes to none of its names).
+    func pubsubRefused(_ w: PubSubHub.Waiting, error: [UInt8]) {
+        pubsubPending -= 1
+        for n in w.names { subscriptions[w.space.rawValue].remove(n) }
+        if !isClosed {
+            out.append(error)
+            markDirty()
+        }
+        if pubsubPending == 0 {
+            updateFastPath()
+            if stall == .barrier { proxy.scheduleResume(self) }
+        }
     }
 
     /// The hub admitted this client's subscriptions: its confirmations go out now.

@@ -103,6 +103,7 @@ final class StatsEndpoint: HTTPHandler {
             MetricValues(Metrics.pubsubMessages, d(s.pubsubMessagesFannedOut)),
             MetricValues(Metrics.keys, [("seen", d(s.keysSeen)), ("denied", d(s.keysDenied)), ("scanned", d(s.keysScanned))]),
             MetricValues(Metrics.uptime, proxy.uptime),
+            MetricValues(Metrics.eventLoopEvents, d(IOEvent.live)),
             MetricValues(Metrics.commandDuration, histogram: proxy.commandDurations),
             MetricValues(Metrics.waitDuration, histogram: proxy.waitDurations),
             MetricValues(Metrics.roundTrip, histogram: proxy.roundTrips),

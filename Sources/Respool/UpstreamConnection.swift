@@ -577,7 +577,7 @@ final class UpstreamConnection: Connection {
         let wasReady = state == .ready
         let wasConnecting = state != .ready
         tearDown()
-        let line = Array((wasReady ? "-ERR upstream connection lost: \(reason)\r\n" : "-ERR upstream unavailable: \(reason)\r\n").utf8)
+        let line = RESPWriter.errorLine(wasReady ? "ERR upstream connection lost: \(reason)" : "ERR upstream unavailable: \(reason)")
         var failed = 0
         if streamed > 0, let e = fifo.popFirst(), let c = e.client {
             // Part of this reply has already reached the client: an error can no longer follow cleanly.
@@ -604,6 +604,8 @@ final class UpstreamConnection: Connection {
             let silent = e.kind == .silent
             answered += 1
             c._withUnsafeGuaranteedRef {
+                // A KEYS answered by SCAN steps ends here with this error: it is no longer running.
+                if e.kind == .scan { $0.scanJob = nil }
                 if !$0.isClosed && !silent {
                     $0.out.append(line)
                     $0.markDirty()
@@ -624,7 +626,7 @@ final class UpstreamConnection: Connection {
         }
         tearDown()
         streamed = 0
-        answerAll(with: Array("-ERR respool: the leased connection was closed: \(reason)\r\n".utf8))
+        answerAll(with: RESPWriter.errorLine("ERR respool: the leased connection was closed: \(reason)"))
         proxy.pool.connectionClosed(self, reason: reason)
     }
 

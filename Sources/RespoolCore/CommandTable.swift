@@ -158,6 +158,7 @@ public enum CommandTable {
         guard case .array(let commands?) = reply else { return [] }
         var merged = table.entries
         var learned: [String] = []
+        known = Known(commandReply: commands)
         for entry in commands {
             guard case .array(let fields?) = entry, fields.count >= 3, let name = fields[0].string else { continue }
             let flagValues: [RESPValue]
@@ -177,7 +178,100 @@ public enum CommandTable {
     }
 
     /// Back to the built-in table (tests).
-    public static func resetLearned() { table = SlotTable(entries) }
+    public static func resetLearned() {
+        table = SlotTable(entries)
+        known = nil
+    }
+
+    /// The server's commands (name → arity, and a container's subcommands "name|sub" → arity), from its COMMAND
+    /// reply; nil until learned.
+    private struct Known {
+        var arity: [String: Int] = [:]
+        var subcommands: [String: [String: Int]] = [:]
+
+        init(commandReply commands: [RESPValue]) {
+            for entry in commands {
+                guard case .array(let f?) = entry, f.count >= 2, let name = f[0].string?.lowercased(),
+                      case .integer(let arity) = f[1] else { continue }
+                self.arity[name] = Int(arity)
+                guard f.count >= 10, case .array(let subs?) = f[9], !subs.isEmpty else { continue }
+                var table: [String: Int] = [:]
+                for sub in subs {
+                    guard case .array(let sf?) = sub, sf.count >= 2, let full = sf[0].string?.lowercased(),
+                          case .integer(let a) = sf[1] else { continue }
+                    table[full] = Int(a)
+                }
+                subcommands[name] = table
+            }
+        }
+    }
+
+    nonisolated(unsafe) private static var known: Known?
+
+    /// The name redis-server uses for a command in its errors: "get", or "client|list" for a subcommand.
+    public static func fullName(_ args: [[UInt8]]) -> String {
+        guard let first = args.first else { return "" }
+        let name = String(decoding: first, as: UTF8.self).lowercased()
+        if args.count >= 2, let subs = known?.subcommands[name] {
+            let full = name + "|" + String(decoding: args[1], as: UTF8.self).lowercased()
+            if subs[full] != nil { return full }
+        }
+        return name
+    }
+
+    /// The error redis-server answers before anything else for a command it does not know or whose argument count is
+    /// wrong (`args` with the name first), in its words; nil when the command is fine or the server's commands are
+    /// not known yet. Respool asks where it answers in the server's place (a RESP2 subscriber, a client not
+    /// authenticated yet), so that such a client gets what redis-server would have said.
+    public static func serverRejection(_ args: [[UInt8]]) -> String? {
+        guard let known, let first = args.first else { return nil }
+        func cString(_ b: [UInt8], max: Int) -> String {
+            String(decoding: b.prefix { $0 != 0 }.prefix(max), as: UTF8.self)
+        }
+        let name = String(decoding: first, as: UTF8.self).lowercased()
+        var fullName = name
+        var arity = known.arity[name]
+        if let subs = known.subcommands[name], args.count >= 2 {
+            fullName = name + "|" + String(decoding: args[1], as: UTF8.self).lowercased()
+            arity = subs[fullName]
+            if arity == nil {
+                return "ERR unknown subcommand '\(cString(args[1], max: 128))'. Try \(cString(first, max: Int.max).uppercased()) HELP."
+            }
+        }
+        guard let arity else {
+            var tail = ""
+            var i = 1
+            while i < args.count && tail.utf8.count < 128 {
+                tail += "'\(cString(args[i], max: 128 - tail.utf8.count))' "
+                i += 1
+            }
+            return "ERR unknown command '\(cString(first, max: 128))', with args beginning with: \(tail)"
+        }
+        if (arity > 0 && arity != args.count) || args.count < -arity {
+            return "ERR wrong number of arguments for '\(fullName)' command"
+        }
+        return nil
+    }
+
+    /// Whether an XREAD or XREADGROUP (`args` with the command name first) blocks: its options, read the way
+    /// redis-server reads them up to STREAMS, include BLOCK with a value. After STREAMS come key names and ids, so a
+    /// stream named "block" is not the option. Options respool does not know end the scan (the server answers them).
+    public static func streamReadBlocks(_ args: [[UInt8]]) -> Bool {
+        guard let first = args.first else { return false }
+        let group = SmallBytes(lowercasing: first) == SmallBytes("xreadgroup")
+        var i = 1
+        while i < args.count {
+            switch SmallBytes(lowercasing: args[i]) {
+            case SmallBytes("streams"): return false
+            case SmallBytes("block"): return i + 1 < args.count
+            case SmallBytes("count"): i += 2
+            case SmallBytes("group") where group: i += 3
+            case SmallBytes("noack") where group: i += 1
+            default: return false
+            }
+        }
+        return false
+    }
 
     /// CLIENT subcommands: which are answered locally, which are refused, the rest are forwarded (LIST, PAUSE, HELP...).
     public enum ClientSubcommand: Sendable, Equatable {

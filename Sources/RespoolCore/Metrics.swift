@@ -118,6 +118,7 @@ public enum Metrics {
     public static let pubsubMessages = MetricDefinition("respool_pubsub_messages_delivered_total", .counter, "Pub/sub messages delivered to clients.")
     public static let keys = MetricDefinition("respool_keys_total", .counter, "KEYS commands seen by the guard, by action.", label: "action")
     public static let uptime = MetricDefinition("respool_uptime_seconds", .gauge, "Seconds since respool started.")
+    public static let eventLoopEvents = MetricDefinition("respool_event_loop_events", .gauge, "Events allocated in the event loop (sockets' read and write events, timers, signals); with the same clients it returns to the same value.")
     public static let commandDuration = MetricDefinition("respool_command_duration_seconds", .histogram, "Time from a request read to its reply handed to the client (1 in 16 multiplexed commands sampled; leased ones, which may block, are not).")
     public static let waitDuration = MetricDefinition("respool_wait_duration_seconds", .histogram, "Time clients waited for an upstream connection.")
     public static let roundTrip = MetricDefinition("respool_upstream_round_trip_seconds", .histogram, "Time from writing a request to the server until its reply was read (one request at a time per shared upstream connection; leased ones, which may block, are not timed).")
@@ -133,7 +134,7 @@ public enum Metrics {
     public static let all: [MetricDefinition] = [
         clients, clientsAccepted, clientsRejected, clientsClosed, protocolErrors, upstreams, upstreamsMax, leasesGranted,
         waitQueue, waitTimeouts, commands, commandsByClass, replies, pubsubSubscribers, bytes, upstreamConnects, upstreamFailures, upstreamLost, upstreamRecycled,
-        commandTimeouts, pubsubChannels, pubsubMessages, keys, uptime, commandDuration, waitDuration, roundTrip, oomErrors, serverClients, serverMaxClients,
+        commandTimeouts, pubsubChannels, pubsubMessages, keys, uptime, eventLoopEvents, commandDuration, waitDuration, roundTrip, oomErrors, serverClients, serverMaxClients,
         serverUsedMemory, serverMaxMemory, serverEvicted, serverRejected,
     ]
 

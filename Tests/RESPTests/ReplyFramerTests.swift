@@ -188,20 +188,34 @@ final class ReplyFramerTests: XCTestCase {
         check("$123456789\r\n", "reply line too long", limits: RESPLimits(maxReplyLineLength: 3))
     }
 
-    func testNestingTooDeep() {
-        let limits = RESPLimits(maxDepth: 3)
-        check("*1\r\n*1\r\n*1\r\n:1\r\n", nil, frames: 1, limits: limits)
-        check("*1\r\n*1\r\n*1\r\n*0\r\n", "nesting too deep", limits: limits)
-        check("*1\r\n*1\r\n*1\r\n*-1\r\n", nil, frames: 1, limits: limits)     // a null array opens nothing
-        check("*1\r\n%1\r\n+k\r\n|1\r\n+a\r\n+b\r\n:1\r\n", nil, frames: 1, limits: limits)
-        check("*1\r\n*1\r\n*1\r\n|1\r\n+a\r\n+b\r\n:1\r\n", "nesting too deep", limits: limits)
-        check("*2\r\n*1\r\n*1\r\n:1\r\n*1\r\n*1\r\n:1\r\n", nil, frames: 1, limits: limits)  // siblings do not add up
-        let deep = String(repeating: "*1\r\n", count: 64) + ":1\r\n"
-        check(deep, nil, frames: 1)
-        check(String(repeating: "*1\r\n", count: 65) + ":1\r\n", "nesting too deep")
-        check(String(repeating: "*1\r\n", count: 70), "nesting too deep", limits: RESPLimits(maxDepth: 1000))
-        check("+OK\r\n", nil, frames: 1, limits: RESPLimits(maxDepth: 0))
-        check("*0\r\n", "nesting too deep", limits: RESPLimits(maxDepth: 0))
+    /// The framer needs no stack: any depth is framed (redis-server answers a self-referencing Lua table with 7,995
+    /// nested arrays), with attributes anywhere and the top-level kind after a leading attribute.
+    func testAnyDepthIsFramed() {
+        check("*1\r\n*1\r\n*1\r\n*0\r\n", nil, frames: 1)
+        check("*1\r\n*1\r\n*1\r\n*-1\r\n", nil, frames: 1)
+        check("*1\r\n%1\r\n+k\r\n|1\r\n+a\r\n+b\r\n:1\r\n", nil, frames: 1)
+        check("*2\r\n*1\r\n*1\r\n:1\r\n*1\r\n*1\r\n:1\r\n", nil, frames: 1)
+        // At every split point (quadratic: a few hundred levels), then 100,000 levels whole and byte by byte.
+        let nested = String(repeating: "*1\r\n", count: 300) + "-ERR reached lua stack limit\r\n"
+        check(nested + nested + "+OK\r\n", nil, frames: 3)
+        check(String(repeating: "*1\r\n", count: 70), nil, frames: 0)
+        let deep = bytes(String(repeating: "*1\r\n", count: 100_000) + "-ERR reached lua stack limit\r\n")
+        XCTAssertEqual(runWhole(ReplyFramer(), deep + deep).frames, [deep.count, 2 * deep.count])
+        XCTAssertEqual(runBytewise(ReplyFramer(), deep).frames, [deep.count])
+        var f = ReplyFramer()
+        deep.withUnsafeBytes { raw in
+            XCTAssertEqual(f.next(raw, from: 0), .frame(end: raw.count))
+            XCTAssertEqual(f.kind, UInt8(ascii: "*"))
+        }
+        // The kind of a reply that starts with an attribute is the annotated value's, however deep the attribute.
+        for (input, kind) in [("|1\r\n+k\r\n*1\r\n*1\r\n:1\r\n-ERR x\r\n", "-"), ("|1\r\n*2\r\n:1\r\n:2\r\n+v\r\n:5\r\n", ":"),
+                              ("|2\r\n+a\r\n|1\r\n+x\r\n+y\r\n%1\r\n+b\r\n+c\r\n+d\r\n:1\r\n>2\r\n+m\r\n+n\r\n", ">")] {
+            var g = ReplyFramer()
+            bytes(input).withUnsafeBytes { raw in
+                XCTAssertEqual(g.next(raw, from: 0), .frame(end: raw.count), input)
+                XCTAssertEqual(g.kind, UInt8(ascii: Unicode.Scalar(kind)!), input)
+            }
+        }
     }
 
     func testErrorIsSticky() {

@@ -135,59 +135,6 @@ final class ConfigTests: XCTestCase {
     }
 }
 
-final class CommandTableTests: XCTestCase {
-    func testRoutes() {
-        XCTAssertEqual(CommandTable.route(SmallBytes("get")), .forward)
-        XCTAssertEqual(CommandTable.route(SmallBytes("info")), .forward)
-        XCTAssertEqual(CommandTable.route(SmallBytes("flushall")), .forward)
-        XCTAssertEqual(CommandTable.route(SmallBytes("nosuchcommand")), .forward)
-        XCTAssertEqual(CommandTable.route(SmallBytes("multi")), .transaction(.multi))
-        XCTAssertEqual(CommandTable.route(SmallBytes("unwatch")), .transaction(.unwatch))
-        XCTAssertEqual(CommandTable.route(SmallBytes("blpop")), .blocking)
-        XCTAssertEqual(CommandTable.route(SmallBytes("bzmpop")), .blocking)
-        XCTAssertEqual(CommandTable.route(SmallBytes("psubscribe")), .pubsub(.psubscribe))
-        XCTAssertEqual(CommandTable.route(SmallBytes("ping")), .ping)
-        XCTAssertEqual(CommandTable.route(SmallBytes("monitor")), .stateful(.monitor))
-        XCTAssertEqual(CommandTable.route(SmallBytes("xread")), .streamRead)
-        XCTAssertEqual(CommandTable.route(SmallBytes("hello")), .local(.hello))
-        XCTAssertEqual(CommandTable.route(SmallBytes("select")), .local(.select))
-    }
-
-    func testClientSubcommands() {
-        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("setname")), .setname)
-        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("setinfo")), .setinfo)
-        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("tracking")), .stateful)
-        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("kill")), .kill)
-        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("list")), .list)
-        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("reply")), .reply)
-        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("pause")), .forward)
-    }
-
-    /// What the server's COMMAND reply says is blocking (a module command here) runs on a lease; the built-in table
-    /// wins where it knows better (XREAD blocks only with BLOCK).
-    func testLearnsBlockingCommandsFromTheServer() {
-        defer { CommandTable.resetLearned() }
-        func entry(_ name: String, _ flags: [String]) -> RESPValue {
-            .array([.bulkString(Array(name.utf8)), .integer(-2), .array(flags.map { .simpleString(Array($0.utf8)) }),
-                    .integer(1), .integer(1), .integer(1)])
-        }
-        let reply = RESPValue.array([entry("get", ["readonly", "fast"]), entry("xread", ["readonly", "blocking"]),
-                                     entry("mymod.bpop", ["write", "blocking"]), entry("blpop", ["write", "blocking"])])
-        XCTAssertEqual(CommandTable.route(SmallBytes("mymod.bpop")), .forward)
-        XCTAssertEqual(CommandTable.learn(fromCommandReply: reply), ["mymod.bpop"])
-        XCTAssertEqual(CommandTable.route(SmallBytes("mymod.bpop")), .blocking)
-        XCTAssertEqual(CommandTable.route(SmallBytes("xread")), .streamRead)
-        XCTAssertEqual(CommandTable.route(SmallBytes("get")), .forward)
-        XCTAssertEqual(CommandTable.route(SmallBytes("multi")), .transaction(.multi))
-    }
-
-    func testRefusalNamesTheCommand() {
-        let e = CommandTable.refusal(command: "monitor", kind: .monitor)
-        XCTAssertEqual(e, "ERR respool: 'monitor' is not available through the pool (it would hold an upstream connection "
-                       + "for as long as it runs and show every app instance's commands); send it to Redis directly")
-    }
-}
-
 final class MetricsTests: XCTestCase {
     func testPrometheusAndJSONComeFromTheSameDefinitions() {
         let values = [MetricValues(Metrics.clients, 3), MetricValues(Metrics.commands, [("forwarded", 10), ("local", 2)])]

@@ -69,14 +69,14 @@ class IntegrationTestCase: XCTestCase {
     /// `body`. Afterwards: fails the test if respool died during `body`, stops it, and reports a crash at shutdown.
     /// When the test failed, prints respool's output.
     func withRespool<T>(upstream: RedisServer? = nil, upstreamURL: String? = nil, env: [String: String] = [:],
-                        arguments: [String] = [], _ body: (Respool) throws -> T) throws -> T {
+                        arguments: [String] = [], fileLimit: Int? = nil, _ body: (Respool) throws -> T) throws -> T {
         if Self.directRedisMode {
             guard let upstream else { throw XCTSkip("RESPOOL_IT_DIRECT_REDIS=1: no upstream redis to point at") }
             return try body(Respool.directRedis(port: upstream.port))
         }
         var fullEnv = respoolEnv(upstreamURL: upstreamURL ?? upstream?.url ?? "redis://127.0.0.1:1")
         for (k, v) in env { fullEnv[k] = v }
-        let respool = try Respool.launch(env: fullEnv, arguments: arguments)
+        let respool = try Respool.launch(env: fullEnv, arguments: arguments, fileLimit: fileLimit)
         let failuresBefore = failureCount
         var threw = false
         defer {

@@ -52,16 +52,22 @@ final class Respool: @unchecked Sendable {
         self.arguments = arguments
     }
 
-    /// Spawns the binary without waiting for anything.
-    static func spawn(env: [String: String], arguments: [String] = []) throws -> Respool {
+    /// Spawns the binary without waiting for anything. `fileLimit` runs it under `ulimit -n` (through /bin/sh, which
+    /// execs it: the pid is respool's).
+    static func spawn(env: [String: String], arguments: [String] = [], fileLimit: Int? = nil) throws -> Respool {
         var environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
         for (k, v) in env { environment[k] = v }
         let out = try makePipe()
         let err = try makePipe()
         let child: ChildProcess
         do {
-            child = try ChildProcess.spawn(path: binary, arguments: arguments, environment: environment,
-                                           stdoutFD: out.write, stderrFD: err.write)
+            if let fileLimit {
+                child = try ChildProcess.spawn(path: "/bin/sh", arguments: ["-c", "ulimit -n \(fileLimit) && exec \"$0\" \"$@\"", binary] + arguments,
+                                               environment: environment, stdoutFD: out.write, stderrFD: err.write)
+            } else {
+                child = try ChildProcess.spawn(path: binary, arguments: arguments, environment: environment,
+                                               stdoutFD: out.write, stderrFD: err.write)
+            }
         } catch {
             for fd in [out.read, out.write, err.read, err.write] { close(fd) }
             throw SpawnError(description: "cannot start respool at \(binary) (set RESPOOL_BIN?): \(error)")
@@ -74,8 +80,8 @@ final class Respool: @unchecked Sendable {
     }
 
     /// Spawns and waits for the started line; on timeout or early exit, kills it and throws with the output.
-    static func launch(env: [String: String], arguments: [String] = [], startTimeout: Double = 15) throws -> Respool {
-        let r = try spawn(env: env, arguments: arguments)
+    static func launch(env: [String: String], arguments: [String] = [], fileLimit: Int? = nil, startTimeout: Double = 15) throws -> Respool {
+        let r = try spawn(env: env, arguments: arguments, fileLimit: fileLimit)
         let line = r.stdout!.waitForLine(timeout: startTimeout, stop: { !r.isRunning }) {
             $0.contains("msg=\"respool started\"")
         }

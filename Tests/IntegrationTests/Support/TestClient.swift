@@ -234,6 +234,29 @@ final class TestClient: @unchecked Sendable {
         }
     }
 
+    /// The next complete reply as the bytes that arrived, framed by `RawReplyScanner` (no decoding, no depth limit),
+    /// for byte-for-byte comparisons with redis-server.
+    func readRawReply(timeout: Double? = nil) throws -> [UInt8] {
+        let deadline = Deadline(timeout ?? self.timeout)
+        while true {
+            if start < buffer.count, let end = RawReplyScanner.end(of: buffer, from: start) {
+                let reply = Array(buffer[start..<end])
+                start = end
+                if start == buffer.count {
+                    buffer.removeAll(keepingCapacity: true)
+                    start = 0
+                }
+                needed = 0
+                return reply
+            }
+            try fill(deadline: deadline)
+        }
+    }
+
+    func readRawReplies(_ n: Int, timeout: Double? = nil) throws -> [[UInt8]] {
+        try (0..<n).map { _ in try readRawReply(timeout: timeout) }
+    }
+
     /// Bytes received and not consumed by a decoded value.
     var bufferedByteCount: Int { buffer.count - start }
 
