@@ -84,6 +84,7 @@ final class ClientConnection: Connection {
 
     func updateFastPath() {
         fastPath = authenticated && replyMode == .on && pubsubPending == 0 && !(proto == 2 && isSubscribed) && multiRefused == nil
+            && scanJob == nil
     }
 
     /// Set when MULTI could not get a connection: until EXEC or DISCARD, nothing is run (see refusedTransaction).
@@ -343,6 +344,11 @@ final class ClientConnection: Connection {
 
     private func dispatchRouted(_ route: CommandRoute, head: CommandHead, frame: UnsafeRawBufferPointer,
                                 args knownArgs: [[UInt8]]?) -> Bool {
+        if scanJob != nil {
+            // A KEYS answered by SCAN steps is running: what follows waits for its answer.
+            stall = .barrier
+            return false
+        }
         if !authenticated {
             switch route {
             case .local(.auth), .local(.hello), .local(.quit), .local(.reset): break

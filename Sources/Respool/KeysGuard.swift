@@ -71,6 +71,7 @@ extension ClientConnection {
     func scanStep(_ bytes: [UInt8], on u: UpstreamConnection) {
         guard let job = scanJob, !isClosed else {
             scanJob = nil
+            updateFastPath()
             replyDelivered()
             return
         }
@@ -78,6 +79,7 @@ extension ClientConnection {
         guard case .array(let parts?)? = decoded?.value, parts.count == 2, let cursor = parts[0].string,
               case .array(let found?) = parts[1] else {
             scanJob = nil
+            updateFastPath()
             // An error (or anything unexpected) from SCAN is what the client gets.
             if case .error? = decoded?.value { out.append(bytes) } else { out.append(RESPWriter.errorLine("ERR respool: unexpected SCAN reply")) }
             markDirty()
@@ -92,6 +94,7 @@ extension ClientConnection {
             return
         }
         scanJob = nil
+        updateFastPath()
         var w = RESPWriter(proto: proto)
         w.arrayHeader(job.keys.count)
         for k in job.keys { w.bulk(k) }

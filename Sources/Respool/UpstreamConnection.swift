@@ -605,7 +605,10 @@ final class UpstreamConnection: Connection {
             answered += 1
             c._withUnsafeGuaranteedRef {
                 // A KEYS answered by SCAN steps ends here with this error: it is no longer running.
-                if e.kind == .scan { $0.scanJob = nil }
+                if e.kind == .scan {
+                    $0.scanJob = nil
+                    $0.updateFastPath()
+                }
                 if !$0.isClosed && !silent {
                     $0.out.append(line)
                     $0.markDirty()

@@ -105,6 +105,26 @@ final class NeverSilentTests: IntegrationTestCase {
         }
     }
 
+    /// RESPOOL_KEYS=scan: commands pipelined after a KEYS wait for its answer (they once ran between its SCAN steps
+    /// and their replies overtook it).
+    func testCommandsAfterAScannedKeysKeepTheirOrder() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(env: ["RESPOOL_KEYS": "scan"]) { redis, respool in
+            let p = keyPrefix()
+            var fill: [[String]] = []
+            for i in 0..<5000 { fill.append(["SET", "\(p)\(i)", "v"]) }
+            _ = try redis.client().pipeline(fill)
+            let c = try respool.client()
+            let replies = try c.pipeline([["KEYS", "\(p)*"], ["ECHO", "after"], ["KEYS", "\(p)1*"], ["PING"]])
+            guard case .array(let keys?) = replies[0] else { return XCTFail("KEYS first: \(show(replies[0]))") }
+            XCTAssertEqual(keys.count, 5000)
+            assertReply(replies[1], Reply.bulk("after"))
+            guard case .array(let ones?) = replies[2] else { return XCTFail("second KEYS: \(show(replies[2]))") }
+            XCTAssertEqual(ones.count, 1111)
+            assertReply(replies[3], Reply.pong)
+        }
+    }
+
     // MARK: 3. HELLO inside WATCH
 
     /// HELLO 3 after WATCH: the client holds a lease, and its replies must switch to RESP3 on it as they would on a
