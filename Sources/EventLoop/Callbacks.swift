@@ -8,7 +8,8 @@ internal import CLibevent
 /// Receives libevent events. Subclassed by the proxy's connections, timers and signal handlers.
 open class EventHandler {
     public init() {}
-    /// `what` holds EV_READ / EV_WRITE / EV_TIMEOUT / EV_SIGNAL bits; `tag` distinguishes several events of one handler.
+    /// `what` holds EV_READ / EV_WRITE / EV_TIMEOUT / EV_SIGNAL bits; `tag` is the raw value of the tag the event was
+    /// made with (each handler names its events with an enum of Int raw values 0, 1 and 2).
     open func handleEvent(_ what: Int16, tag: Int) {}
 }
 
@@ -28,24 +29,27 @@ public struct IOEvent {
 
     public init() { raw = nil }
 
-    /// A new event on `fd` (-1 for pure timers) calling `handler.handleEvent(what, tag:)`.
-    /// `tag` is packed into the callback by using one C trampoline per tag.
-    public init(base: EventBase, fd: Int32, what: Int16, handler: EventHandler, tag: EventTag) throws(SystemError) {
+    /// A new event on `fd` (-1 for pure timers) calling `handler.handleEvent(what, tag:)` with `tag.rawValue`
+    /// (0, 1 or 2: it is packed into the callback by using one C trampoline per value).
+    public init<Tag: RawRepresentable>(base: EventBase, fd: Int32, what: Int16, handler: EventHandler, tag: Tag) throws(SystemError)
+        where Tag.RawValue == Int {
         let arg = Unmanaged.passUnretained(handler).toOpaque()
         let ev: OpaquePointer?
-        switch tag {
-        case .primary:
+        switch tag.rawValue {
+        case 0:
             ev = event_new(base.raw, fd, what, { _, what, arg in
                 Unmanaged<EventHandler>.fromOpaque(arg!)._withUnsafeGuaranteedRef { $0.handleEvent(what, tag: 0) }
             }, arg)
-        case .secondary:
+        case 1:
             ev = event_new(base.raw, fd, what, { _, what, arg in
                 Unmanaged<EventHandler>.fromOpaque(arg!)._withUnsafeGuaranteedRef { $0.handleEvent(what, tag: 1) }
             }, arg)
-        case .tertiary:
+        case 2:
             ev = event_new(base.raw, fd, what, { _, what, arg in
                 Unmanaged<EventHandler>.fromOpaque(arg!)._withUnsafeGuaranteedRef { $0.handleEvent(what, tag: 2) }
             }, arg)
+        default:
+            preconditionFailure("event tag \(tag.rawValue) is not 0, 1 or 2")
         }
         guard let ev else { throw SystemError("event_new", errno: 0) }
         raw = ev
@@ -81,16 +85,21 @@ public struct IOEvent {
     }
 }
 
-public enum EventTag: Int {
-    case primary = 0, secondary = 1, tertiary = 2
-}
+/// The tag of a handler that has one kind of event.
+public enum SingleEvent: Int { case fired }
 
 /// A timer calling a handler once or repeatedly.
 public struct Timer {
     public private(set) var event: IOEvent
 
-    public init(base: EventBase, handler: EventHandler, tag: EventTag = .primary, repeating: Bool = false) throws(SystemError) {
+    public init<Tag: RawRepresentable>(base: EventBase, handler: EventHandler, tag: Tag, repeating: Bool = false) throws(SystemError)
+        where Tag.RawValue == Int {
         event = try IOEvent(base: base, fd: -1, what: repeating ? IOEvent.persist : 0, handler: handler, tag: tag)
+    }
+
+    /// A timer of a handler that has no other events (its tag is `SingleEvent.fired`).
+    public init(base: EventBase, handler: EventHandler, repeating: Bool = false) throws(SystemError) {
+        try self.init(base: base, handler: handler, tag: SingleEvent.fired, repeating: repeating)
     }
 
     public func schedule(after seconds: Double) { event.add(timeout: seconds) }
@@ -102,7 +111,8 @@ public struct Timer {
 /// A persistent signal event.
 public struct SignalWatch {
     public private(set) var event: IOEvent
-    public init(base: EventBase, signal: Int32, handler: EventHandler, tag: EventTag) throws(SystemError) {
+    public init<Tag: RawRepresentable>(base: EventBase, signal: Int32, handler: EventHandler, tag: Tag) throws(SystemError)
+        where Tag.RawValue == Int {
         event = try IOEvent(base: base, fd: signal, what: IOEvent.signal | IOEvent.persist, handler: handler, tag: tag)
         event.add()
     }

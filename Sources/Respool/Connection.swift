@@ -5,6 +5,9 @@ import EventLoop
 import Glibc
 
 class Connection: EventHandler {
+    /// The events of a connection: its socket's read and write readiness, and its timer (an upstream's connect).
+    enum Event: Int { case readable, writable, timer }
+
     let proxy: Proxy
     var fd: Int32
     var readEvent = IOEvent()
@@ -30,7 +33,7 @@ class Connection: EventHandler {
     /// Creates the persistent read event. The write event is created on the first short write (most client
     /// connections never need one: memory per idle client matters with thousands of them).
     func setUpEvents(read: Bool) throws(SystemError) {
-        readEvent = try IOEvent(base: proxy.base, fd: fd, what: IOEvent.read | IOEvent.persist, handler: self, tag: .primary)
+        readEvent = try IOEvent(base: proxy.base, fd: fd, what: IOEvent.read | IOEvent.persist, handler: self, tag: Event.readable)
         if read { enableReading() }
     }
 
@@ -39,7 +42,7 @@ class Connection: EventHandler {
         if writeArmed || isClosed { return }
         if !writeEvent.isValid {
             do {
-                writeEvent = try IOEvent(base: proxy.base, fd: fd, what: IOEvent.write | IOEvent.persist, handler: self, tag: .secondary)
+                writeEvent = try IOEvent(base: proxy.base, fd: fd, what: IOEvent.write | IOEvent.persist, handler: self, tag: Event.writable)
             } catch {
                 writeFailed(error)
                 return
@@ -83,12 +86,10 @@ class Connection: EventHandler {
 
     override func handleEvent(_ what: Int16, tag: Int) {
         if isClosed { return }
-        if tag == 0 {
-            readable()
-        } else if tag == 1 {
-            writable()
-        } else {
-            timerFired()
+        switch Event(rawValue: tag) {
+        case .readable?: readable()
+        case .writable?: writable()
+        case .timer?, nil: timerFired()
         }
     }
 

@@ -62,7 +62,7 @@ final class Janitor: EventHandler {
         let now = proxy.base.now()
         sweep(now: now)
         proxy.pool.maintain(now: now)
-        proxy.periodic(now: now)
+        proxy.periodic.tick(now: now)
     }
 
     func sweep(now: Double) {
@@ -74,20 +74,20 @@ final class Janitor: EventHandler {
                 let c = h.takeUnretainedValue()
                 guard now - c.lastActive >= idle else { break }
                 budget -= 1
-                if c.isIdleTimeoutExempt {
+                if c.session.isIdleTimeoutExempt {
                     // Looked at again when it comes round to the head; its own activity keeps it fresh meanwhile.
                     proxy.activity.touch(c)
                     continue
                 }
-                proxy.stats.idleTimeouts &+= 1
+                proxy.stats[.idleTimeouts] &+= 1
                 proxy.logger.info("client closed", metadata: ["client.id": "\(c.id)", "reason": "idle_timeout", "idle": "\(Int(now - c.lastActive))s"])
                 c.close(reason: "idle_timeout")
             }
         }
         let txIdle = proxy.config.transactionIdleTimeout
         if txIdle > 0 {
-            for c in proxy.pool.leaseHolders() where c.holdsState && c.inFlight == 0 && now - c.lastActive >= txIdle {
-                proxy.stats.transactionIdleTimeouts &+= 1
+            for c in proxy.pool.leaseHolders() where c.session.holdsState && c.session.inFlight == 0 && now - c.lastActive >= txIdle {
+                proxy.stats[.transactionIdleTimeouts] &+= 1
                 proxy.logger.info("client closed", metadata: ["client.id": "\(c.id)", "reason": "transaction_idle_timeout",
                                                               "idle": "\(Int(now - c.lastActive))s"])
                 c.close(reason: "transaction_idle_timeout")

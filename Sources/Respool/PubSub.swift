@@ -9,7 +9,7 @@ import RESP
 import RespoolCore
 
 final class PubSubHub {
-    enum Space: Int { case channel = 0, pattern = 1, shard = 2 }
+    typealias Space = PubSubSpace
 
     unowned let proxy: Proxy
     let proto: Int
@@ -61,7 +61,7 @@ final class PubSubHub {
     private func send(subscribe: Bool, space: Space, names: [[UInt8]], owner: Int?) {
         guard let u = upstream, !names.isEmpty else { return }
         let word = (subscribe ? Self.subscribeWords : Self.unsubscribeWords)[space.rawValue]
-        u.sendInternal(RESPWriter.command([Array(word.utf8)] + names))
+        u.sendToHub(RESPWriter.command([Array(word.utf8)] + names))
         sent.append(Sent(subscribe: subscribe, space: space, names: names, owner: owner, repliesLeft: names.count))
         for n in names {
             if subscribe {
@@ -72,23 +72,27 @@ final class PubSubHub {
         }
     }
 
-    /// Subscribes `client` to `names`. The reply (its confirmations) is sent at once when every name is already
-    /// subscribed upstream, else when the server confirms the new ones (or the server's error instead, if it refuses
-    /// them). Returns false when no subscriber connection can be had yet (the client waits for the pool), or an error.
-    func subscribe(_ client: ClientConnection, space: Space, names: [[UInt8]], reply: [UInt8]) -> Result<Bool, PubSubError> {
-        if upstream == nil {
-            switch proxy.pool.lease(proto: proto, db: proxy.config.upstream.db, for: nil) {
-            case .ready(let u):
-                let conn = u.takeUnretainedValue()
-                conn.hub = self
-                conn.rename("\(proxy.config.namePrefix):pubsub")
-                upstream = conn
-            case .wait:
-                return .success(false)
-            case .unavailable(let why):
-                return .failure(PubSubError(message: why))
-            }
-        }
+    /// The pool gave the hub its subscriber connection.
+    func attach(_ u: UpstreamConnection) {
+        guard upstream !== u else { return }
+        precondition(upstream == nil, "hub of RESP\(proto) given a second subscriber connection")
+        upstream = u
+        u.hub = self
+        u.rename("\(proxy.config.namePrefix):pubsub")
+        proxy.sessionContext.subscriberReady[proto] = true
+    }
+
+    /// The subscriber connection is gone (closed by the hub, or failed: `connectionLost` follows).
+    func detach() {
+        upstream = nil
+        proxy.sessionContext.subscriberReady[proto] = false
+    }
+
+    /// Subscribes `client` to `names` (the hub has its connection). True when the client's confirmations can go
+    /// out at once (every name already subscribed upstream); else they go out when the server confirms the new ones
+    /// (`ClientConnection.subscriptionAdmitted`), or the server's error does (`subscriptionRefused`).
+    func subscribe(_ client: ClientConnection, space: Space, names: [[UInt8]], reply: [UInt8]) -> Bool {
+        precondition(upstream != nil, "subscribe without a subscriber connection")
         let id = nextWaitingID
         nextWaitingID += 1
         var fresh: [[UInt8]] = []
@@ -102,12 +106,11 @@ final class PubSubHub {
         send(subscribe: true, space: space, names: fresh, owner: id)
         let w = Waiting(id: id, client: client, space: space, names: names, reply: reply)
         if names.contains(where: { unconfirmed[space.rawValue].contains($0) }) {
-            client.pubsubPending += 1
             waiting.append(w)
-        } else {
-            admit(w)
+            return false
         }
-        return .success(true)
+        for n in names { members[space.rawValue][n, default: [:]][ObjectIdentifier(client)] = client }
+        return true
     }
 
     /// Removes `client` from `names` (unsubscribing upstream the names nobody wants any more).
@@ -134,29 +137,28 @@ final class PubSubHub {
         return subscribedUpstream[space.rawValue].contains(n)
     }
 
-    /// A client went away: all its subscriptions end.
-    func forget(_ client: ClientConnection) {
+    /// A client went away (or sent RESET): all its subscriptions end (`names` per space).
+    func forget(_ client: ClientConnection, names: [[[UInt8]]]) {
         waiting.removeAll { $0.client === client }
-        for space in [Space.channel, .pattern, .shard] {
-            let names = client.subscriptions[space.rawValue]
-            if !names.isEmpty { unsubscribe(client, space: space, names: Array(names)) }
+        for space in Space.allCases where !names[space.rawValue].isEmpty {
+            unsubscribe(client, space: space, names: names[space.rawValue])
         }
     }
 
     private func admit(_ w: Waiting) {
         for n in w.names { members[w.space.rawValue][n, default: [:]][ObjectIdentifier(w.client)] = w.client }
-        w.client.pubsubAdmitted(w.reply)
+        w.client.subscriptionAdmitted(w.reply)
     }
 
     /// When nothing is subscribed any more, the subscriber connection is closed (its slot goes back to the pool).
     private func releaseIfUnused() {
         guard let u = upstream, refcount.allSatisfy({ $0.isEmpty }), waiting.isEmpty else { return }
-        upstream = nil
+        detach()
         u.hub = nil
         sent.removeAll()
         unconfirmed = [[], [], []]
         subscribedUpstream = [[], [], []]
-        proxy.pool.endLease(Unmanaged.passUnretained(u), clean: false)
+        proxy.pool.endLease(u.handle, clean: false)
     }
 
     // MARK: frames from the subscriber connection
@@ -183,7 +185,7 @@ final class PubSubHub {
         case "message", "pmessage", "smessage":
             let space: Space = kind == "message" ? .channel : kind == "pmessage" ? .pattern : .shard
             guard let key = name(1), let clients = members[space.rawValue][key] else { return }
-            proxy.stats.pubsubMessagesFannedOut &+= clients.count
+            proxy.stats[.pubsubMessages] &+= clients.count
             for c in clients.values where !c.isClosed { c.deliver(bytes.baseAddress!, count: bytes.count) }
         case "subscribe", "psubscribe", "ssubscribe":
             let space: Space = kind == "subscribe" ? .channel : kind == "psubscribe" ? .pattern : .shard
@@ -230,7 +232,7 @@ final class PubSubHub {
         if let i = waiting.firstIndex(where: { $0.id == s.owner }) {
             let w = waiting.remove(at: i)
             for n in w.names where release(space: w.space, name: n) { gone.append(n) }
-            w.client.pubsubRefused(w, error: error)
+            w.client.subscriptionRefused(space: w.space, added: w.names, error: error)
         }
         send(subscribe: false, space: s.space, names: gone, owner: nil)
         // Names of the refused command still wanted by other waiting requests: asked for again.
@@ -253,7 +255,6 @@ final class PubSubHub {
             let id = ObjectIdentifier(w.client)
             let ready = !blocked.contains(id) && !w.names.contains { unconfirmed[w.space.rawValue].contains($0) }
             if ready {
-                w.client.pubsubPending -= 1
                 if !w.client.isClosed { admit(w) }
             } else {
                 blocked.insert(id)
@@ -266,8 +267,7 @@ final class PubSubHub {
     /// The subscriber connection failed: every subscriber is closed, as a direct connection to a failed server
     /// would be; clients reconnect and subscribe again.
     func connectionLost() {
-        upstream = nil
-        let everyone = Set(members.flatMap { $0.values.flatMap { $0.values } }.map(ObjectIdentifier.init))
+        detach()
         var clients: [ClientConnection] = members.flatMap { $0.values.flatMap { $0.values } }
         clients += waiting.map(\.client)
         members = [[:], [:], [:]]
@@ -278,143 +278,9 @@ final class PubSubHub {
         sent = []
         var seen = Set<ObjectIdentifier>()
         for c in clients where seen.insert(ObjectIdentifier(c)).inserted {
-            c.subscriptions = [[], [], []]
-            c.pubsubPending = 0
+            c.session.subscriberLost()
             c.close(reason: "upstream_lost_during_subscription")
         }
-        proxy.logger.warning("subscriber connection lost", metadata: ["subscribers": "\(everyone.count)"])
-    }
-}
-
-struct PubSubError: Error {
-    let message: String
-}
-
-extension ClientConnection {
-    var subscriptionCount: Int { subscriptions[0].count + subscriptions[1].count }
-
-    /// Handles SUBSCRIBE and friends. Returns false when the client must wait (for the pool).
-    func pubsub(_ command: PubSubCommand, args: [[UInt8]]) -> Bool {
-        let space: PubSubHub.Space
-        switch command {
-        case .subscribe, .unsubscribe: space = .channel
-        case .psubscribe, .punsubscribe: space = .pattern
-        case .ssubscribe, .sunsubscribe: space = .shard
-        }
-        let names = Array(args.dropFirst())
-        let hub = proxy.hub(proto: proto)
-        switch command {
-        case .subscribe, .psubscribe, .ssubscribe:
-            if names.isEmpty {
-                replyError("ERR wrong number of arguments for '\(command.word)' command")
-                return true
-            }
-            if inMulti {
-                replyError("ERR Command not allowed inside a transaction")
-                return true
-            }
-            // The confirmations, computed now with this client's counts after each name.
-            var reply: [UInt8] = []
-            var added: [[UInt8]] = []
-            for n in names {
-                if subscriptions[space.rawValue].insert(n).inserted { added.append(n) }
-                let count = space == .shard ? subscriptions[2].count : subscriptionCount
-                reply += confirmation(command.word, n, count)
-            }
-            switch hub.subscribe(self, space: space, names: added, reply: reply) {
-            case .success(true):
-                proxy.stats.pubsubSubscribes &+= names.count
-                updateFastPath()
-                return true
-            case .success(false):
-                for n in added { subscriptions[space.rawValue].remove(n) }
-                stall = .pool
-                return false
-            case .failure(let e):
-                for n in added { subscriptions[space.rawValue].remove(n) }
-                replyError(e.message)
-                return true
-            }
-        case .unsubscribe, .punsubscribe, .sunsubscribe:
-            let targets = names.isEmpty ? subscriptions[space.rawValue].sorted { $0.lexicographicallyPrecedes($1) } : names
-            var reply: [UInt8] = []
-            if targets.isEmpty {
-                reply += confirmation(command.word, nil, space == .shard ? subscriptions[2].count : subscriptionCount)
-            }
-            var removed: [[UInt8]] = []
-            for n in targets {
-                if subscriptions[space.rawValue].remove(n) != nil { removed.append(n) }
-                reply += confirmation(command.word, n, space == .shard ? subscriptions[2].count : subscriptionCount)
-            }
-            if !removed.isEmpty { hub.unsubscribe(self, space: space, names: removed) }
-            pubsubReply(reply)
-            updateFastPath()
-            return true
-        }
-    }
-
-    /// "*3 $<kind> $<name> :<count>" (a push frame in RESP3).
-    private func confirmation(_ word: String, _ name: [UInt8]?, _ count: Int) -> [UInt8] {
-        var w = RESPWriter(proto: proto)
-        w.pushHeader(3)
-        w.bulk(word)
-        if let name { w.bulk(name) } else { w.null() }
-        w.integer(count)
-        return w.bytes
-    }
-
-    /// The server refused this client's SUBSCRIBE: its error is the reply, and the names it added are gone again
-    /// (as on redis-server, a refused SUBSCRIBE subscribes to none of its names).
-    func pubsubRefused(_ w: PubSubHub.Waiting, error: [UInt8]) {
-        pubsubPending -= 1
-        for n in w.names { subscriptions[w.space.rawValue].remove(n) }
-        if !isClosed {
-            out.append(error)
-            markDirty()
-        }
-        if pubsubPending == 0 {
-            updateFastPath()
-            if stall == .barrier { proxy.scheduleResume(self) }
-        }
-    }
-
-    /// The hub admitted this client's subscriptions: its confirmations go out now.
-    func pubsubAdmitted(_ reply: [UInt8]) {
-        if isClosed { return }
-        out.append(reply)
-        markDirty()
-        if pubsubPending == 0 {
-            updateFastPath()
-            if stall == .barrier { proxy.scheduleResume(self) }
-        }
-    }
-
-    private func pubsubReply(_ bytes: [UInt8]) {
-        guard !isClosed else { return }
-        out.append(bytes)
-        markDirty()
-    }
-
-    /// PING in RESP2 subscribed mode: redis answers "*2 $4 pong $<message>".
-    func subscribedPing(_ args: [[UInt8]]) {
-        if args.count > 2 {
-            replyError("ERR wrong number of arguments for 'ping' command")
-            return
-        }
-        var w = RESPWriter(proto: proto)
-        w.arrayHeader(2)
-        w.bulk("pong")
-        w.bulk(args.count == 2 ? args[1] : [])
-        reply(w.bytes)
-    }
-
-    /// Ends every subscription of this client (RESET, close).
-    func unsubscribeAll() {
-        if subscriptions.contains(where: { !$0.isEmpty }) || pubsubPending > 0 {
-            proxy.hub(proto: proto).forget(self)
-            subscriptions = [[], [], []]
-            pubsubPending = 0
-        }
-        updateFastPath()
+        proxy.logger.warning("subscriber connection lost", metadata: ["subscribers": "\(seen.count)"])
     }
 }

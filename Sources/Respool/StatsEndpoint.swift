@@ -14,7 +14,7 @@ final class StatsEndpoint: HTTPHandler {
 
     override func respond(method: String, path: String, reply: HTTPReply) {
         if path == "/healthz" {
-            proxy.checkHealth(reply)
+            proxy.health.check(reply)
         } else if path == "/clients" {
             streamClients(reply)
         } else {
@@ -62,58 +62,41 @@ final class StatsEndpoint: HTTPHandler {
         }
     }
 
-    /// Current values of every metric in `Metrics.all` (sampled now: counts come from the live state).
+    /// Current values of every metric in `Metrics.all` (sampled now: counts come from the live state, counters from
+    /// the one table in Stats.swift).
     func values() -> [MetricValues] {
-        let s = proxy.stats
         let pool = proxy.pool!
         let ups = pool.upstreams
         func d(_ v: Int) -> Double { Double(v) }
-        return [
-            MetricValues(Metrics.clients, d(proxy.clientCount)),
-            MetricValues(Metrics.clientsAccepted, d(s.clientsAccepted)),
-            MetricValues(Metrics.clientsRejected, d(s.clientsRejected)),
-            MetricValues(Metrics.clientsClosed, [("idle_timeout", d(s.idleTimeouts)), ("transaction_idle_timeout", d(s.transactionIdleTimeouts)),
-                                                 ("output_limit", d(s.outputLimitCloses)), ("protocol_error", d(s.protocolErrors))]),
-            MetricValues(Metrics.protocolErrors, d(s.protocolErrors)),
-            MetricValues(Metrics.upstreams, [
-                ("shared", d(ups.filter { !$0.leased && $0.hub == nil && $0.state == .ready }.count)),
-                ("leased", d(ups.filter { $0.leased && $0.hub == nil }.count)),
-                ("pubsub", d(ups.filter { $0.hub != nil }.count)),
-                ("connecting", d(ups.filter { $0.state != .ready }.count)),
-            ]),
-            MetricValues(Metrics.upstreamsMax, d(pool.cap)),
-            MetricValues(Metrics.leasesGranted, d(s.leasesGranted)),
-            MetricValues(Metrics.waitQueue, d(pool.waiterCount)),
-            MetricValues(Metrics.waitTimeouts, d(s.waitTimeouts)),
-            MetricValues(Metrics.commands, [("forwarded", d(s.commandsForwarded)), ("local", d(s.commandsLocal)),
-                                            ("refused", d(s.commandsRefused)), ("failed", d(s.commandsFailed))]),
-            MetricValues(Metrics.commandsByClass, [("multiplexed", d(s.commandsForwarded - s.commandsLeased)), ("leased", d(s.commandsLeased)),
-                                                   ("pubsub", d(s.pubsubSubscribes)), ("local", d(s.commandsLocal))]),
-            MetricValues(Metrics.replies, [("ok", d(s.repliesServed - s.errorReplies)),
-                                           ("error", d(s.errorReplies)), ("proxy_error", d(s.commandsFailed + s.commandsRefused))]),
-            MetricValues(Metrics.pubsubSubscribers, d(proxy.clients.values.reduce(0) { $0 + (!$1.isClosed && $1.isSubscribed ? 1 : 0) })),
-            MetricValues(Metrics.bytes, [("from_clients", d(s.clientBytesIn)), ("to_clients", d(s.bytesOut)),
-                                         ("from_upstream", d(s.upstreamBytesIn)), ("to_upstream", d(s.upstreamBytesOut))]),
-            MetricValues(Metrics.upstreamConnects, d(s.upstreamConnects)),
-            MetricValues(Metrics.upstreamFailures, d(s.upstreamConnectFailures)),
-            MetricValues(Metrics.upstreamLost, d(s.upstreamLost)),
-            MetricValues(Metrics.upstreamRecycled, d(s.upstreamRecycled)),
-            MetricValues(Metrics.commandTimeouts, d(s.commandTimeouts)),
-            MetricValues(Metrics.pubsubChannels, d(proxy.subscribedChannels)),
-            MetricValues(Metrics.pubsubMessages, d(s.pubsubMessagesFannedOut)),
-            MetricValues(Metrics.keys, [("seen", d(s.keysSeen)), ("denied", d(s.keysDenied)), ("scanned", d(s.keysScanned))]),
-            MetricValues(Metrics.uptime, proxy.uptime),
-            MetricValues(Metrics.eventLoopEvents, d(IOEvent.live)),
-            MetricValues(Metrics.commandDuration, histogram: proxy.commandDurations),
-            MetricValues(Metrics.waitDuration, histogram: proxy.waitDurations),
-            MetricValues(Metrics.roundTrip, histogram: proxy.roundTrips),
-            MetricValues(Metrics.oomErrors, d(s.oomErrors)),
-        ] + serverValues()
+        var gauges: [String: MetricValues] = [:]
+        func gauge(_ def: MetricDefinition, _ v: Double) { gauges[def.name] = MetricValues(def, v) }
+        gauge(Metrics.clients, d(proxy.clientCount))
+        gauges[Metrics.upstreams.name] = MetricValues(Metrics.upstreams, [
+            ("shared", d(ups.filter { !$0.leased && $0.hub == nil && $0.state == .ready }.count)),
+            ("leased", d(ups.filter { $0.leased && $0.hub == nil }.count)),
+            ("pubsub", d(ups.filter { $0.hub != nil }.count)),
+            ("connecting", d(ups.filter { $0.state != .ready }.count)),
+        ])
+        gauge(Metrics.upstreamsMax, d(pool.cap))
+        gauge(Metrics.waitQueue, d(pool.waiterCount))
+        gauge(Metrics.pubsubSubscribers, d(proxy.clients.values.reduce(0) { $0 + (!$1.isClosed && $1.session.isSubscribed ? 1 : 0) }))
+        gauge(Metrics.pubsubChannels, d(proxy.subscribedChannels))
+        gauge(Metrics.uptime, proxy.uptime)
+        gauge(Metrics.eventLoopEvents, d(IOEvent.live))
+        gauges[Metrics.commandDuration.name] = MetricValues(Metrics.commandDuration, histogram: proxy.commandDurations)
+        gauges[Metrics.waitDuration.name] = MetricValues(Metrics.waitDuration, histogram: proxy.waitDurations)
+        gauges[Metrics.roundTrip.name] = MetricValues(Metrics.roundTrip, histogram: proxy.roundTrips)
+        for v in serverValues() { gauges[v.definition.name] = v }
+        let counters = proxy.stats.samples()
+        return Metrics.all.compactMap { def in
+            if let v = gauges[def.name] { return v }
+            return counters[def.name].map { MetricValues(def, $0) }
+        }
     }
 
     /// The advisor's figures from the last INFO (metrics without a value yet are left out).
     private func serverValues() -> [MetricValues] {
-        let f = proxy.serverFigures
+        let f = proxy.periodic.serverFigures
         var out: [MetricValues] = []
         func add(_ def: MetricDefinition, _ v: Int?) { if let v { out.append(MetricValues(def, Double(v))) } }
         add(Metrics.serverClients, f.connectedClients)
@@ -140,7 +123,7 @@ final class StatsEndpoint: HTTPHandler {
         config.append("\"client_idle_timeout\":\(c.clientIdleTimeout)")
         config.append("\"transaction_idle_timeout\":\(c.transactionIdleTimeout)")
         config.append("\"command_timeout\":\(c.commandTimeout)")
-        let advice = proxy.advice.map { "{\"code\":\(Metrics.jsonString($0.rawValue)),\"message\":\(Metrics.jsonString($0.message))}" }
+        let advice = proxy.periodic.advice.map { "{\"code\":\(Metrics.jsonString($0.rawValue)),\"message\":\(Metrics.jsonString($0.message))}" }
         return "{\"version\":\(Metrics.jsonString(respoolVersion)),\"uptime_seconds\":\(Metrics.number(proxy.uptime)),"
             + "\"config\":{\(config.joined(separator: ","))},\"advice\":[\(advice.joined(separator: ","))],"
             + "\"metrics\":\(Metrics.json(values()))}"
@@ -150,16 +133,17 @@ final class StatsEndpoint: HTTPHandler {
     fileprivate func clientsDocument(ids: ArraySlice<Int>) -> String {
         let now = proxy.base.now()
         let items = ids.compactMap { proxy.clients[$0] }.filter { !$0.isClosed }.map { c -> String in
+            let s = c.session
             let state: String
-            if c.isSubscribed { state = "subscribed" }
-            else if c.lease != nil && !c.holdsState && c.inFlight > 0 { state = "blocked" }
-            else if c.lease != nil { state = "leased" }
-            else if c.stall == .pool { state = "waiting" }
+            if s.isSubscribed { state = "subscribed" }
+            else if s.isBlocked { state = "blocked" }
+            else if s.lease != nil { state = "leased" }
+            else if case .pool = s.stall { state = "waiting" }
             else { state = "idle" }
-            let name = c.name.map { Metrics.jsonString(String(decoding: $0, as: UTF8.self)) } ?? "null"
-            return "{\"id\":\(c.id),\"addr\":\(Metrics.jsonString(c.peerAddress)),\"name\":\(name),\"db\":\(c.db),\"resp\":\(c.proto),"
+            let name = s.name.map { Metrics.jsonString(String(decoding: $0, as: UTF8.self)) } ?? "null"
+            return "{\"id\":\(c.id),\"addr\":\(Metrics.jsonString(c.peerAddress)),\"name\":\(name),\"db\":\(s.db),\"resp\":\(s.proto),"
                 + "\"age\":\(Int(now - c.createdAt)),\"idle\":\(Int(now - c.lastActive)),\"state\":\"\(state)\","
-                + "\"in_flight\":\(c.inFlight),\"last_command\":\(Metrics.jsonString(c.lastCommand.description)),"
+                + "\"in_flight\":\(s.inFlight),\"last_command\":\(Metrics.jsonString(s.lastCommand.description)),"
                 + "\"output_bytes\":\(c.out.count)}"
         }
         return items.joined(separator: ",")

@@ -113,6 +113,8 @@ public enum Metrics {
     public static let upstreamFailures = MetricDefinition("respool_upstream_connect_failures_total", .counter, "Upstream connects or handshakes that failed.")
     public static let upstreamLost = MetricDefinition("respool_upstream_lost_total", .counter, "Established upstream connections lost.")
     public static let upstreamRecycled = MetricDefinition("respool_upstream_recycled_total", .counter, "Upstream connections replaced at RESPOOL_SERVER_LIFETIME.")
+    public static let pipelineThrottles = MetricDefinition("respool_pipeline_throttles_total", .counter, "Times reading from a client paused at RESPOOL_MAX_PIPELINE unanswered commands.")
+    public static let upstreamChecks = MetricDefinition("respool_upstream_checks_total", .counter, "PINGs sent to check a connection idle past RESPOOL_SERVER_CHECK_AFTER before reuse.")
     public static let commandTimeouts = MetricDefinition("respool_command_timeouts_total", .counter, "Upstream connections closed at RESPOOL_COMMAND_TIMEOUT.")
     public static let pubsubChannels = MetricDefinition("respool_pubsub_channels", .gauge, "Channels, patterns and shard channels subscribed upstream.")
     public static let pubsubMessages = MetricDefinition("respool_pubsub_messages_delivered_total", .counter, "Pub/sub messages delivered to clients.")
@@ -134,7 +136,7 @@ public enum Metrics {
     public static let all: [MetricDefinition] = [
         clients, clientsAccepted, clientsRejected, clientsClosed, protocolErrors, upstreams, upstreamsMax, leasesGranted,
         waitQueue, waitTimeouts, commands, commandsByClass, replies, pubsubSubscribers, bytes, upstreamConnects, upstreamFailures, upstreamLost, upstreamRecycled,
-        commandTimeouts, pubsubChannels, pubsubMessages, keys, uptime, eventLoopEvents, commandDuration, waitDuration, roundTrip, oomErrors, serverClients, serverMaxClients,
+        commandTimeouts, pipelineThrottles, upstreamChecks, pubsubChannels, pubsubMessages, keys, uptime, eventLoopEvents, commandDuration, waitDuration, roundTrip, oomErrors, serverClients, serverMaxClients,
         serverUsedMemory, serverMaxMemory, serverEvicted, serverRejected,
     ]
 

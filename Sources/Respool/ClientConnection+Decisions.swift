@@ -1,0 +1,212 @@
+// ClientConnection+Decisions: carrying out what the client's ClientSession decides for a request (send it, answer it,
+// hold it, get a connection first), its side effects (leases given back, renamed or switched; subscriptions ended),
+// and the pub/sub and KEYS-scan events that come back to the client.
+import EventLoop
+import Logging
+import RESP
+import RespoolCore
+
+extension ClientConnection {
+    /// Decides `r` and carries the decision out; `frame` is the request as it goes upstream. Returns false when it
+    /// must wait (`session.stall` says for what; the pool has queued the client if it waits for a connection).
+    func run(_ r: Request, frame: UnsafeRawBufferPointer) -> Bool {
+        while true {
+            let d = session.decide(r, context: proxy.sessionContext)
+            if session.hasEffects { applyEffects() }
+            switch d {
+            case .forward(let silent):
+                send(frame, silent: silent)
+                proxy.stats[.commandsForwarded] &+= 1
+                if r.route == .keys { keysSeen(forwarded: true) }
+                return true
+            case .acquire(let need):
+                switch obtain(need, for: r) {
+                case true?: continue
+                case false?: return true
+                case nil:
+                    pendingName = r.name
+                    return false
+                }
+            case .wait:
+                pendingName = r.name
+                return false
+            case .reply(let bytes, let kind):
+                switch kind {
+                case .local: proxy.stats[.commandsLocal] &+= 1
+                case .refused: proxy.stats[.commandsRefused] &+= 1
+                case .keysDenied:
+                    keysSeen(forwarded: false)
+                    proxy.stats[.keysDenied] &+= 1
+                case .error: break
+                }
+                if !bytes.isEmpty { reply(bytes) }
+                if session.isClosing { disableReading() }
+                return true
+            case .subscribe(let space, let added, let confirmation):
+                proxy.stats[.pubsubSubscribes] &+= r.args.count - 1
+                if proxy.hub(proto: session.proto).subscribe(self, space: space, names: added, reply: confirmation) {
+                    if !confirmation.isEmpty { reply(confirmation) }
+                } else {
+                    session.subscriptionPending()
+                }
+                return true
+            case .unsubscribe(let space, let removed, let bytes):
+                if !removed.isEmpty { proxy.hub(proto: session.proto).unsubscribe(self, space: space, names: removed) }
+                if !bytes.isEmpty { reply(bytes) }
+                return true
+            case .scan(let pattern, let silent):
+                keysSeen(forwarded: false)
+                var job = KeysScan(pattern: pattern, silent: silent)
+                let first = job.command(cursor: Array("0".utf8))
+                scan = job
+                Pool.connection(session.upstream!)._withUnsafeGuaranteedRef { $0.sendScan(first, for: self) }
+                return true
+            case .clientCommand(let silent):
+                proxy.stats[.commandsLocal] &+= 1
+                clientCommand(r.args, silent: silent)
+                return true
+            }
+        }
+    }
+
+    /// Gets what a request needs from the pool: true when it has it (decide again), false when it cannot be had
+    /// (the request is answered with the error), nil when the client waits.
+    private func obtain(_ need: Need, for r: Request) -> Bool? {
+        let answer: PoolState.Answer
+        switch need {
+        case .shared(let proto, let db):
+            answer = proxy.pool.acquire(client: id, proto: proto, db: db)
+            if case .use(let h) = answer { session.pinned(h) }
+        case .lease:
+            answer = proxy.pool.lease(client: self)
+            if case .use(let h) = answer {
+                session.leased(h)
+                proxy.stats[.leasesGranted] &+= 1
+                applyEffects()
+            }
+        case .subscriber(let proto):
+            answer = proxy.pool.subscriber(client: id, proto: proto)
+        case .handshake:
+            proxy.pool.wait(client: id, for: .handshake)
+            return nil
+        }
+        switch answer {
+        case .use: return true
+        case .wait: return nil
+        case .fail(let why):
+            let bytes = session.couldNotAcquire(need, message: why, command: r.name)
+            if !bytes.isEmpty { reply(bytes) }
+            proxy.stats[.commandsFailed] &+= 1
+            return false
+        case .open: preconditionFailure("the pool answered .open")
+        }
+    }
+
+    /// Sends one contiguous request to the client's upstream connection (`session.upstream`).
+    private func send(_ frame: UnsafeRawBufferPointer, silent: Bool) {
+        Pool.connection(session.upstream!)._withUnsafeGuaranteedRef {
+            $0.out.append(frame.baseAddress!, count: frame.count)
+            $0.markDirty()
+            if silent { $0.enqueueSilent(client: self) } else { $0.enqueue(client: self) }
+        }
+    }
+
+    /// Carries out the session's side effects.
+    func applyEffects() {
+        while let e = session.nextEffect() {
+            switch e {
+            case .endLease(let h, let clean):
+                proxy.pool.endLease(h, clean: clean)
+            case .retargetLease(let h, let proto):
+                let u = Pool.connection(h).takeUnretainedValue()
+                u.retarget(proto: proto, db: u.db)
+                proxy.pool.switched(u)
+            case .nameLease(let h):
+                // While leased to a client that has a name, the connection carries it: `<prefix>:<client name>`, so
+                // the server's CLIENT LIST shows which part of which app holds it.
+                let prefix = proxy.config.namePrefix
+                let name = session.name.map { "\(prefix):\(String(decoding: $0, as: UTF8.self))" } ?? proxy.pool.poolName
+                Pool.connection(h)._withUnsafeGuaranteedRef { $0.rename(name) }
+            case .unsubscribeAll(let proto, let names):
+                proxy.hub(proto: proto).forget(self, names: names)
+            }
+        }
+    }
+
+    /// RESPOOL_KEYS=warn|deny|scan: one more KEYS seen (warn logs a rate-limited line).
+    private func keysSeen(forwarded: Bool) {
+        let mode = proxy.config.keysMode
+        guard mode != .allow else { return }
+        proxy.stats[.keysSeen] &+= 1
+        if mode == .warn && forwarded { proxy.warnAboutKeys(client: self) }
+    }
+
+    // MARK: pub/sub
+
+    /// The hub admitted this client's pending subscriptions: its confirmations go out now (none under CLIENT REPLY
+    /// OFF/SKIP).
+    func subscriptionAdmitted(_ reply: [UInt8]) {
+        if isClosed { return }
+        if !reply.isEmpty {
+            out.append(reply)
+            markDirty()
+        }
+        if session.subscriptionConfirmed() { proxy.scheduleResume(self) }
+    }
+
+    /// The server refused this client's SUBSCRIBE: its error is the reply, in that request's place.
+    func subscriptionRefused(space: PubSubSpace, added: [[UInt8]], error: [UInt8]) {
+        if isClosed { return }
+        out.append(error)
+        markDirty()
+        if session.subscriptionRefused(space: space, added: added) { proxy.scheduleResume(self) }
+    }
+
+    // MARK: KEYS by SCAN
+
+    /// One SCAN reply: go on with the cursor, or answer the KEYS when it is back at 0.
+    func scanStep(_ bytes: [UInt8], on u: UpstreamConnection) {
+        guard var job = scan, !isClosed else {
+            scanEnded()
+            replyDelivered()
+            return
+        }
+        switch job.step(bytes, proto: session.proto) {
+        case .next(let cursor):
+            let command = job.command(cursor: cursor)
+            scan = job
+            u.sendScan(command, for: self)
+        case .done(let reply):
+            scanEnded()
+            if !job.silent {
+                out.append(reply)
+                markDirty()
+            }
+            if reply.first == UInt8(ascii: "*") {
+                proxy.stats[.keysScanned] &+= 1
+                proxy.logger.debug("KEYS answered by SCAN", metadata: ["client.id": "\(id)", "keys": "\(job.keys.count)", "scan_steps": "\(job.steps)"])
+            }
+            replyDelivered()
+        }
+    }
+
+    /// The scan is over (answered, or cut off by its connection's failure).
+    func scanEnded() {
+        scan = nil
+        session.scanFinished()
+    }
+}
+
+extension Proxy {
+    /// One warning line per minute at most, with how many KEYS were seen since the last one.
+    func warnAboutKeys(client: ClientConnection) {
+        keysSinceWarning += 1
+        let now = base.now()
+        guard now - keysWarnedAt >= 60 else { return }
+        var meta: Logger.Metadata = ["client.id": "\(client.id)", "count": "\(keysSinceWarning)"]
+        if let name = client.session.name { meta["client.name"] = "\(String(decoding: name, as: UTF8.self))" }
+        logger.warning("KEYS used: it blocks redis for every key it holds; use SCAN (or set RESPOOL_KEYS=scan)", metadata: meta)
+        keysWarnedAt = now
+        keysSinceWarning = 0
+    }
+}

@@ -1,0 +1,46 @@
+// Health: /healthz. Healthy means respool accepts clients and the upstream answers a PING on a shared connection
+// within 2 s. Probes that arrive while a PING is in flight share its answer; the PING is an internal request of the
+// connection (UpstreamConnection.Internal.health) whose reply, failure or timeout answers every waiting probe.
+import EventLoop
+import RespoolCore
+
+final class Health {
+    unowned let proxy: Proxy
+    /// /healthz requests waiting for the upstream's answer to one PING.
+    private var waiters: [HTTPReply] = []
+    private var timer: (OneShot, Timer)?
+    static let timeout = 2.0
+
+    init(proxy: Proxy) {
+        self.proxy = proxy
+    }
+
+    func check(_ reply: HTTPReply) {
+        var problem: String? = proxy.shuttingDown ? "shutting down" : nil
+        let u = proxy.pool.readyShared
+        if problem == nil && u == nil {
+            problem = "no ready upstream connection" + (proxy.pool.lastError.map { " (\($0))" } ?? "")
+        }
+        if let problem {
+            StatsEndpoint.sendHealth(reply, problem: problem)
+            return
+        }
+        waiters.append(reply)
+        if waiters.count > 1 { return }
+        u!.send(.health, ["PING"])
+        if timer == nil {
+            let h = OneShot { [weak self] in self?.answered(problem: "upstream did not answer PING within \(Health.timeout)s") }
+            if let t = try? Timer(base: proxy.base, handler: h) { timer = (h, t) }
+        }
+        timer?.1.schedule(after: Health.timeout)
+    }
+
+    /// The PING answered (problem nil), failed or timed out: every waiting /healthz request gets the verdict.
+    func answered(problem: String?) {
+        guard !waiters.isEmpty else { return }   // a late PONG after the timeout
+        timer?.1.cancel()
+        let w = waiters
+        waiters.removeAll()
+        for r in w { StatsEndpoint.sendHealth(r, problem: problem) }
+    }
+}

@@ -1,0 +1,752 @@
+// ClientSession: one client's state as pure state. It decides what each request needs (forwarded, answered here,
+// held until the replies in flight are in, or a connection of some kind first), tracks the connection state the
+// client has set up (a transaction or WATCH on a lease, subscriptions, protocol, database, name, authentication,
+// CLIENT REPLY) and what each reply or upstream event changes. No I/O: the driver (ClientConnection) frames requests,
+// carries bytes and carries out the decisions, and drains the side effects queued in `effects`.
+//
+// The ordering rule lives here: a request is answered by respool itself only when nothing of the client is in
+// flight (`wait` otherwise), and everything in flight is on one connection (`upstream`), so every command gets
+// exactly one reply, in the order sent, or the client is closed.
+import RESP
+
+/// What the server said about itself in its HELLO reply (repeated to clients in respool's HELLO reply).
+public struct ServerInfo: Equatable, Sendable {
+    public var server = "redis"
+    public var version = "unknown"
+    public var mode = "standalone"
+    public var role = "master"
+    public var modules: RESPValue = .array([])
+
+    public init() {}
+
+    /// From the HELLO reply of a handshake (a map in RESP3, a flat array in RESP2).
+    public init?(helloReply value: RESPValue) {
+        var pairs: [RESPValue] = []
+        switch value {
+        case .map(let p): pairs = p
+        case .array(let a?): pairs = a
+        default: return nil
+        }
+        var i = 0
+        while i + 1 < pairs.count {
+            let v = pairs[i + 1]
+            switch pairs[i].string ?? "" {
+            case "server": server = v.string ?? server
+            case "version": version = v.string ?? version
+            case "mode": mode = v.string ?? mode
+            case "role": role = v.string ?? role
+            case "modules": modules = v
+            default: break
+            }
+            i += 2
+        }
+    }
+}
+
+/// What a session's decisions depend on beyond itself (configuration and what the driver knows now).
+public struct SessionContext: Sendable {
+    /// RESPOOL_CLIENT_PASSWORD (nil: clients need no AUTH).
+    public var clientPassword: [UInt8]?
+    public var databases: Int
+    public var defaultDB: Int
+    public var keysMode: KeysMode
+    /// From the first completed handshake (nil until then).
+    public var serverInfo: ServerInfo?
+    /// Whether the pub/sub hub of RESP2 / RESP3 has its subscriber connection.
+    public var subscriberReady: [Bool] = [false, false, false, false]
+
+    public init(clientPassword: [UInt8]?, databases: Int, defaultDB: Int, keysMode: KeysMode) {
+        self.clientPassword = clientPassword
+        self.databases = databases
+        self.defaultDB = defaultDB
+        self.keysMode = keysMode
+    }
+
+    public init(config: Config) {
+        self.init(clientPassword: config.clientPassword.map { Array($0.utf8) }, databases: config.databases,
+                  defaultDB: config.upstream.db, keysMode: config.keysMode)
+    }
+}
+
+/// One request, decoded (the slow path), with its route.
+public struct Request: Sendable {
+    public var route: CommandRoute
+    /// The command name, lowercased.
+    public var name: SmallBytes
+    /// The arguments, the command name first.
+    public var args: [[UInt8]]
+
+    public init(route: CommandRoute, name: SmallBytes, args: [[UInt8]]) {
+        self.route = route
+        self.name = name
+        self.args = args
+    }
+
+    public init(args: [[UInt8]]) {
+        let name = args.first.map { SmallBytes(lowercasing: $0) } ?? SmallBytes()
+        self.init(route: CommandTable.route(name), name: name, args: args)
+    }
+}
+
+public enum PubSubSpace: Int, Sendable, CaseIterable {
+    case channel = 0, pattern = 1, shard = 2
+}
+
+public struct ClientSession {
+    /// Where the client is, as far as connections go.
+    public enum Mode: Equatable, Sendable {
+        /// Multiplexed: commands in flight are on the shared connection `upstream` (nil when none are).
+        case normal
+        /// Holding an exclusive connection (`upstream`): a transaction, WATCH, or a blocking command in flight.
+        case leased(Lease)
+        /// A KEYS answered by SCAN steps on `upstream` (RESPOOL_KEYS=scan); later requests wait for it.
+        case scanning
+        /// MULTI could not get a connection: until EXEC or DISCARD, commands are answered with errors (none runs
+        /// outside the transaction it was meant for).
+        case refusedTransaction(reason: String)
+    }
+
+    /// Whether the client is still read from. Kept apart from `Mode`: a client closing (QUIT, a protocol error) may
+    /// still hold a lease with replies due, which must be given back when they are in.
+    public enum Lifecycle: Equatable, Sendable {
+        case open
+        /// Reads no more; closed once the replies due are out (and then `lastReply`, if any).
+        case closing(reason: String, lastReply: [UInt8]?)
+        case closed(reason: String)
+    }
+
+    public struct Lease: Equatable, Sendable {
+        public var multi = false
+        public var watching = false
+        /// Its connection state was changed by commands respool cannot undo (SELECT, connection commands in MULTI).
+        public var tainted = false
+        public var holdsState: Bool { multi || watching }
+        public init() {}
+    }
+
+    /// What a request that cannot be answered yet waits for.
+    public enum Stall: Equatable, Sendable {
+        case none
+        /// The replies of the client's commands in flight (a command respool answers itself keeps the order).
+        case replies
+        /// A connection from the pool.
+        case pool(Need)
+    }
+
+    public enum ReplyMode: Sendable { case on, off, skipNext }
+
+    public enum Decision: Equatable, Sendable {
+        /// Send the request to `upstream` (it is set; the request is counted in flight). `silent`: its reply is
+        /// dropped (CLIENT REPLY OFF/SKIP).
+        case forward(silent: Bool)
+        /// Get this first (then `pinned`, `leased` or the hub's connection), and decide again.
+        case acquire(Need)
+        /// Answered here with these bytes (empty: no reply, CLIENT REPLY OFF/SKIP).
+        case reply([UInt8], Answer)
+        /// Held until the replies in flight are in (`stall` is `.replies`); decide again then.
+        case wait
+        /// Subscribe the hub to `added` (names new to this client; `confirmation` is the client's reply, sent when
+        /// the server has confirmed them).
+        case subscribe(PubSubSpace, added: [[UInt8]], confirmation: [UInt8])
+        /// Names this client no longer wants (the reply goes out at once).
+        case unsubscribe(PubSubSpace, removed: [[UInt8]], reply: [UInt8])
+        /// Answer KEYS by SCAN steps on `upstream` (counted in flight; `scanFinished` ends it). `silent`: the answer is
+        /// dropped (CLIENT REPLY OFF/SKIP).
+        case scan(pattern: [UInt8], silent: Bool)
+        /// CLIENT LIST, CLIENT KILL, CLIENT INFO: answered by the driver, which knows every client (not at all when
+        /// `silent`).
+        case clientCommand(silent: Bool)
+    }
+
+    /// What kind of answer respool gave itself (for the counters).
+    public enum Answer: Equatable, Sendable {
+        /// A connection-level command answered locally (HELLO, CLIENT, SELECT...).
+        case local
+        /// A command respool does not run through the pool (MONITOR...).
+        case refused
+        /// KEYS with RESPOOL_KEYS=deny.
+        case keysDenied
+        /// An error in the server's place (NOAUTH, RESP2 subscribed mode, a refused transaction, a bad argument).
+        case error
+    }
+
+    /// Side effects of a decision or event, drained by the driver.
+    public enum Effect: Equatable, Sendable {
+        /// Give the lease back (clean) or close its connection (not clean: its state cannot be trusted).
+        case endLease(ConnHandle, clean: Bool)
+        /// Switch the leased connection's protocol (HELLO while holding a lease).
+        case retargetLease(ConnHandle, proto: Int)
+        /// Name the leased connection after the client (CLIENT SETNAME, HELLO SETNAME).
+        case nameLease(ConnHandle)
+        /// Unsubscribe the client from everything (RESET, close): the names per space, in the protocol's hub.
+        case unsubscribeAll(proto: Int, names: [[[UInt8]]])
+    }
+
+    public let id: Int
+    public private(set) var mode = Mode.normal
+    public private(set) var lifecycle = Lifecycle.open
+    public private(set) var stall = Stall.none
+    /// The connection the client's in-flight commands are on (a shared one it is pinned to, its lease, or its scan's).
+    public var upstream: ConnHandle?
+    /// Replies due from upstream (the fast path counts here).
+    public var inFlight = 0
+    /// Whether a multiplexable command may skip `decide`: nothing of authentication, reply mode, subscriptions or a
+    /// refused transaction applies.
+    public private(set) var fastPath = true
+    public private(set) var proto = 2
+    public private(set) var db: Int
+    public private(set) var name: [UInt8]?
+    public private(set) var libName: [UInt8]?
+    public private(set) var libVersion: [UInt8]?
+    public private(set) var authenticated: Bool
+    public private(set) var replyMode = ReplyMode.on
+    /// Channels, patterns and shard channels (by `PubSubSpace`).
+    public private(set) var subscriptions: [Set<[UInt8]>] = [[], [], []]
+    /// SUBSCRIBE requests whose confirmations wait for the server's.
+    public private(set) var pubsubPending = 0
+    /// Commands queued in the current MULTI (CLIENT LIST's multi=), -1 outside MULTI.
+    public var multiQueued = -1
+    public private(set) var lastCommand = SmallBytes()
+    private var outbox: [Effect] = []
+
+    public init(id: Int, context: SessionContext) {
+        self.id = id
+        db = context.defaultDB
+        authenticated = context.clientPassword == nil
+        updateFastPath()
+    }
+
+    // MARK: reading
+
+    public var isSubscribed: Bool {
+        !subscriptions[0].isEmpty || !subscriptions[1].isEmpty || !subscriptions[2].isEmpty || pubsubPending > 0
+    }
+    public var lease: ConnHandle? {
+        if case .leased = mode { return upstream }
+        return nil
+    }
+    public var leaseState: Lease? {
+        if case .leased(let l) = mode { return l }
+        return nil
+    }
+    public var inMulti: Bool { leaseState?.multi ?? false }
+    /// Blocked in a command (a lease without transaction state, with its reply due).
+    public var isBlocked: Bool { leaseState.map { !$0.holdsState && inFlight > 0 } ?? false }
+    public var isClosing: Bool { lifecycle != .open }
+    public var isClosed: Bool {
+        if case .closed = lifecycle { return true }
+        return false
+    }
+    /// Clients the idle timeout never closes: subscribers, clients with replies due (blocked ones included),
+    /// waiting for a connection or for their own earlier replies, or scanning.
+    public var isIdleTimeoutExempt: Bool { isSubscribed || inFlight > 0 || stall != .none || mode == .scanning }
+
+    /// The next side effect for the driver to carry out.
+    public mutating func nextEffect() -> Effect? { outbox.isEmpty ? nil : outbox.removeFirst() }
+    public var hasEffects: Bool { !outbox.isEmpty }
+
+    private mutating func updateFastPath() {
+        let modeAllows: Bool
+        switch mode {
+        case .normal, .leased: modeAllows = lifecycle == .open
+        default: modeAllows = false
+        }
+        fastPath = modeAllows && authenticated && replyMode == .on && pubsubPending == 0 && !(proto == 2 && isSubscribed)
+    }
+
+    // MARK: the fast path
+
+    /// A multiplexable command went to `upstream` without `decide` (the driver checked `fastPath`).
+    @inlinable
+    public mutating func forwardedFast() {
+        assert(stall == .none, "fast path while stalled")
+        inFlight += 1
+        if multiQueued >= 0 { multiQueued += 1 }
+    }
+
+    /// The fast path found no connection now: the request waits for the pool (the pool queued the client).
+    public mutating func waitFor(_ need: Need) {
+        stall = .pool(need)
+    }
+
+    /// A shared connection was acquired for the client's next commands (it had none in flight).
+    public mutating func pinned(_ h: ConnHandle) {
+        precondition(upstream == nil || upstream == h, "client \(id) pinned to \(h) while on \(String(describing: upstream))")
+        upstream = h
+    }
+
+    // MARK: deciding
+
+    /// What to do with `r`. Changes the state only when the request is handled (not for `.acquire` and `.wait`,
+    /// after which the driver decides again).
+    public mutating func decide(_ r: Request, context: SessionContext) -> Decision {
+        precondition(lifecycle == .open, "decide on client \(id), which is \(lifecycle)")
+        stall = .none
+        let isClientReply = r.route == .local(.client) && r.args.count > 1 && SmallBytes(lowercasing: r.args[1]) == SmallBytes("reply")
+        // CLIENT REPLY decides for its own reply; RESET turns the replies back on before answering (as redis does).
+        let silent = replyMode != .on && !isClientReply && r.route != .local(.reset)
+        var d = route(r, context: context)
+        switch d {
+        case .wait:
+            stall = .replies
+        case .acquire(let need):
+            stall = .pool(need)
+        case .reply(let bytes, let kind) where silent && !bytes.isEmpty:
+            d = .reply([], kind)
+            fallthrough
+        default:
+            lastCommand = r.name
+            if silent {
+                switch d {
+                case .forward: d = .forward(silent: true)
+                case .scan(let pattern, _): d = .scan(pattern: pattern, silent: true)
+                case .clientCommand: d = .clientCommand(silent: true)
+                case .subscribe(let space, let added, _): d = .subscribe(space, added: added, confirmation: [])
+                case .unsubscribe(let space, let removed, _): d = .unsubscribe(space, removed: removed, reply: [])
+                default: break
+                }
+            }
+            if replyMode == .skipNext && !isClientReply { replyMode = .on }
+            if inMulti { multiQueued += 1 }
+        }
+        updateFastPath()
+        return d
+    }
+
+    private mutating func route(_ r: Request, context: SessionContext) -> Decision {
+        if mode == .scanning { return .wait }
+        if !authenticated {
+            switch r.route {
+            case .local(.auth), .local(.hello), .local(.quit), .local(.reset): break
+            default:
+                if inFlight > 0 { return .wait }
+                // redis-server rejects an unknown command (or a wrong argument count) before asking for AUTH.
+                return .reply(RESPWriter.errorLine(CommandTable.serverRejection(r.args) ?? "NOAUTH Authentication required."), .error)
+            }
+        }
+        // Confirmations of an earlier SUBSCRIBE are still due: keep the order.
+        if pubsubPending > 0 { return .wait }
+        if proto == 2 && isSubscribed {
+            switch r.route {
+            case .pubsub, .ping, .local(.quit), .local(.reset): break
+            default:
+                if inFlight > 0 { return .wait }
+                return .reply(RESPWriter.errorLine(CommandTable.serverRejection(r.args)
+                    ?? "ERR Can't execute '\(CommandTable.fullName(r.args))': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"), .error)
+            }
+        }
+        if case .refusedTransaction(let reason) = mode {
+            switch r.route {
+            case .local(.quit), .local(.reset): break
+            default: return refusedTransaction(r.route, reason: reason)
+            }
+        }
+        switch r.route {
+        case .forward:
+            return forward()
+        case .pubsub(let command):
+            if inFlight > 0 { return .wait }
+            return pubsub(command, args: r.args, context: context)
+        case .keys:
+            return keys(r, context: context)
+        case .ping:
+            if proto == 2 && isSubscribed {
+                if inFlight > 0 { return .wait }
+                return .reply(subscribedPing(r.args), .error)
+            }
+            return forward()
+        case .streamRead:
+            return CommandTable.streamReadBlocks(r.args) ? leased(.none) : forward()
+        case .blocking:
+            return leased(.none)
+        case .transaction(let t):
+            return transaction(t)
+        case .stateful(let kind):
+            if inFlight > 0 { return .wait }
+            return .reply(RESPWriter.errorLine(CommandTable.refusal(command: r.name.description, kind: kind)), .refused)
+        case .local(let command) where inMulti && command != .quit && command != .reset:
+            // Inside MULTI, redis queues connection commands too (+QUEUED, run at EXEC): they go to the lease, whose
+            // connection state they may change, so it is closed rather than returned afterwards.
+            taintLease()
+            return forward()
+        case .local(let command):
+            if command == .client {
+                switch CommandTable.clientSubcommand(r.args.count > 1 ? SmallBytes(lowercasing: r.args[1]) : SmallBytes()) {
+                case .forward: return forward()
+                case .stateful:
+                    if inFlight > 0 { return .wait }
+                    return .reply(RESPWriter.errorLine(CommandTable.refusal(command: "client|\(SmallBytes(lowercasing: r.args[1]))", kind: .connectionState)), .refused)
+                default: break
+                }
+            }
+            if inFlight > 0 { return .wait }
+            return local(command, args: r.args, context: context)
+        }
+    }
+
+    /// Sends on `upstream`, acquiring a shared connection first when the client has none.
+    private mutating func forward() -> Decision {
+        guard upstream != nil else { return .acquire(.shared(proto: proto, db: db)) }
+        inFlight += 1
+        return .forward(silent: false)
+    }
+
+    private mutating func taintLease() {
+        if case .leased(var l) = mode {
+            l.tainted = true
+            mode = .leased(l)
+        }
+    }
+
+    // MARK: leases and transactions
+
+    /// How a request sent on the lease changes its transaction state.
+    private enum LeaseChange { case none, multi, watch, endTransaction, unwatch }
+
+    /// Sends over the client's exclusive connection, leasing one first (after its shared commands are answered),
+    /// and applies `change` once the request is on its way.
+    private mutating func leased(_ change: LeaseChange) -> Decision {
+        guard case .leased(var l) = mode else {
+            if inFlight > 0 { return .wait }
+            return .acquire(.lease(proto: proto, db: db))
+        }
+        switch change {
+        case .none: break
+        case .multi:
+            if !l.multi { multiQueued = -1 }   // MULTI itself is not queued
+            l.multi = true
+        case .watch:
+            if !l.multi { l.watching = true }  // WATCH inside MULTI is an error and changes nothing
+        case .endTransaction:
+            if l.multi {
+                l.multi = false
+                l.watching = false             // EXEC and DISCARD unwatch everything
+                multiQueued = -1
+            }
+        case .unwatch:
+            if !l.multi { l.watching = false } // inside MULTI, UNWATCH is only queued
+        }
+        mode = .leased(l)
+        inFlight += 1
+        return .forward(silent: false)
+    }
+
+    /// MULTI and WATCH take a lease; EXEC and DISCARD end MULTI and WATCH, UNWATCH ends WATCH; the lease goes back to
+    /// the pool once the state has ended and every reply is in. Without a lease, EXEC/DISCARD/UNWATCH go to a shared
+    /// connection, where redis answers them as it would this client ("EXEC without MULTI", +OK).
+    private mutating func transaction(_ t: TransactionCommand) -> Decision {
+        switch t {
+        case .multi: return leased(.multi)
+        case .watch: return leased(.watch)
+        case .exec, .discard: return lease == nil ? forward() : leased(.endTransaction)
+        case .unwatch: return lease == nil ? forward() : leased(.unwatch)
+        }
+    }
+
+    /// The pool leased `h` to the client (its shared commands are all answered).
+    public mutating func leased(_ h: ConnHandle) {
+        precondition(inFlight == 0 && mode == .normal && lifecycle == .open,
+                     "client \(id) leased \(h) in mode \(mode), \(lifecycle), with \(inFlight) in flight")
+        upstream = h
+        mode = .leased(Lease())
+        outbox.append(.nameLease(h))
+        updateFastPath()
+    }
+
+    /// After a MULTI that could not start, the client's pipelined transaction is answered as redis answers one whose
+    /// commands failed to queue: errors, then EXECABORT at EXEC. Nothing of it runs.
+    private mutating func refusedTransaction(_ route: CommandRoute, reason: String) -> Decision {
+        if inFlight > 0 { return .wait }
+        switch route {
+        case .transaction(.exec):
+            mode = .normal
+            return .reply(RESPWriter.errorLine("EXECABORT Transaction discarded because of previous errors."), .error)
+        case .transaction(.discard):
+            mode = .normal
+            return .reply(Array("+OK\r\n".utf8), .error)
+        case .transaction(.multi):
+            return .reply(RESPWriter.errorLine("ERR MULTI calls can not be nested"), .error)
+        case .transaction(.watch):
+            return .reply(RESPWriter.errorLine("ERR WATCH inside MULTI is not allowed"), .error)
+        default:
+            return .reply(RESPWriter.errorLine("ERR respool: command not queued: the transaction could not start (\(reason))"), .error)
+        }
+    }
+
+    /// The connection the request waited for cannot be had (`message`: the error text, e.g. the pool's reason or
+    /// the wait timeout). Returns the request's error reply; a MULTI that cannot start refuses its transaction.
+    public mutating func couldNotAcquire(_ need: Need, message: String, command: SmallBytes) -> [UInt8] {
+        stall = .none
+        if case .lease = need, command == SmallBytes("multi") {
+            let reason = message.hasPrefix("ERR ") ? String(message.dropFirst(4)) : message
+            mode = .refusedTransaction(reason: reason)
+        }
+        lastCommand = command
+        // The request is answered (with this error): under CLIENT REPLY SKIP it was the one skipped.
+        let silent = replyMode != .on
+        if replyMode == .skipNext { replyMode = .on }
+        updateFastPath()
+        return silent ? [] : RESPWriter.errorLine(message)
+    }
+
+    /// Whether the client's connection state still needs its lease.
+    public var holdsState: Bool { leaseState?.holdsState ?? false }
+
+    /// Gives the lease back: clean (it rejoins the shared set) when nothing is in flight and no state is left on it,
+    /// else its connection is closed. Replies still due on it are dropped by the driver.
+    private mutating func endLease() {
+        guard case .leased(let l) = mode, let h = upstream else { return }
+        outbox.append(.endLease(h, clean: !l.tainted && !l.holdsState && inFlight == 0))
+        mode = .normal
+        upstream = nil
+        multiQueued = -1
+    }
+
+    /// The leased connection is gone (its replies were answered with errors). A client that had transaction state
+    /// on it is closed after those errors, as a direct connection to a failed server would be.
+    public mutating func leaseLost() {
+        guard case .leased(let l) = mode else { return }
+        mode = .normal
+        upstream = nil
+        multiQueued = -1
+        if l.holdsState { closeAfterReplies("upstream_lost_during_transaction") }
+        updateFastPath()
+    }
+
+    // MARK: replies and events
+
+    /// What the driver does after a reply.
+    public enum AfterReply: Equatable, Sendable {
+        case nothing
+        /// Nothing is in flight any more and a request waits for that: decide on it again.
+        case resume
+        /// Nothing is in flight any more and the client is closing: write what is left, then close.
+        case finishClosing
+    }
+
+    /// One reply has been handed over (or dropped, the client being gone).
+    @inlinable
+    public mutating func replied() -> AfterReply {
+        inFlight -= 1
+        return inFlight == 0 ? allReplied() : .nothing
+    }
+
+    @usableFromInline
+    mutating func allReplied() -> AfterReply {
+        switch mode {
+        case .normal:
+            upstream = nil
+        case .leased(let l):
+            // A blocking command answered, or a transaction ended: the lease goes back. A closed client's lease was
+            // given back when it closed.
+            if !l.holdsState && !isClosed { endLease() }
+        case .scanning, .refusedTransaction:
+            break
+        }
+        switch lifecycle {
+        case .open:
+            updateFastPath()
+            return stall == .replies ? .resume : .nothing
+        case .closing:
+            return .finishClosing
+        case .closed:
+            return .nothing
+        }
+    }
+
+    /// Stops reading and closes once the replies due are out (QUIT, CLIENT KILL of itself, a lost transaction, a
+    /// malformed request: `lastReply` is its error, sent after everything in flight).
+    public mutating func closeAfterReplies(_ reason: String, lastReply: [UInt8]? = nil) {
+        guard lifecycle == .open else { return }
+        lifecycle = .closing(reason: reason, lastReply: lastReply)
+        stall = .none
+        updateFastPath()
+    }
+
+    /// The reply that goes out after all others before closing (a protocol error's), taken once.
+    public mutating func takeLastReply() -> [UInt8]? {
+        guard case .closing(let reason, let last?) = lifecycle else { return nil }
+        lifecycle = .closing(reason: reason, lastReply: nil)
+        return last
+    }
+
+    /// The client is gone (or closed by respool): its lease is given back (closed if it held state or replies are
+    /// due), its subscriptions end. The driver also removes it from the pool's waiters and drops its replies due.
+    public mutating func close(reason: String) {
+        if isClosed { return }
+        if case .leased = mode { endLease() }
+        if case .scanning = mode { mode = .normal }
+        if isSubscribed { forgetSubscriptions() }
+        stall = .none
+        lifecycle = .closed(reason: reason)
+        fastPath = false
+    }
+
+    // MARK: pub/sub
+
+    private mutating func forgetSubscriptions() {
+        outbox.append(.unsubscribeAll(proto: proto, names: subscriptions.map { $0.sorted { $0.lexicographicallyPrecedes($1) } }))
+        subscriptions = [[], [], []]
+        pubsubPending = 0
+    }
+
+    private func count(in space: PubSubSpace) -> Int {
+        space == .shard ? subscriptions[2].count : subscriptions[0].count + subscriptions[1].count
+    }
+
+    /// "*3 $<kind> $<name> :<count>" (a push frame in RESP3).
+    private func confirmation(_ word: String, _ name: [UInt8]?, _ count: Int) -> [UInt8] {
+        var w = RESPWriter(proto: proto)
+        w.pushHeader(3)
+        w.bulk(word)
+        if let name { w.bulk(name) } else { w.null() }
+        w.integer(count)
+        return w.bytes
+    }
+
+    private mutating func pubsub(_ command: PubSubCommand, args: [[UInt8]], context: SessionContext) -> Decision {
+        let space: PubSubSpace
+        switch command {
+        case .subscribe, .unsubscribe: space = .channel
+        case .psubscribe, .punsubscribe: space = .pattern
+        case .ssubscribe, .sunsubscribe: space = .shard
+        }
+        let names = Array(args.dropFirst())
+        switch command {
+        case .subscribe, .psubscribe, .ssubscribe:
+            if names.isEmpty { return .reply(RESPWriter.errorLine("ERR wrong number of arguments for '\(command.word)' command"), .error) }
+            if inMulti { return .reply(RESPWriter.errorLine("ERR Command not allowed inside a transaction"), .error) }
+            guard context.subscriberReady[proto] else { return .acquire(.subscriber(proto: proto)) }
+            // The confirmations, computed now with this client's counts after each name.
+            var reply: [UInt8] = []
+            var added: [[UInt8]] = []
+            for n in names {
+                if subscriptions[space.rawValue].insert(n).inserted { added.append(n) }
+                reply += confirmation(command.word, n, count(in: space))
+            }
+            return .subscribe(space, added: added, confirmation: reply)
+        case .unsubscribe, .punsubscribe, .sunsubscribe:
+            let targets = names.isEmpty ? subscriptions[space.rawValue].sorted { $0.lexicographicallyPrecedes($1) } : names
+            var reply: [UInt8] = []
+            if targets.isEmpty { reply += confirmation(command.word, nil, count(in: space)) }
+            var removed: [[UInt8]] = []
+            for n in targets {
+                if subscriptions[space.rawValue].remove(n) != nil { removed.append(n) }
+                reply += confirmation(command.word, n, count(in: space))
+            }
+            return .unsubscribe(space, removed: removed, reply: reply)
+        }
+    }
+
+    /// The hub waits for the server to confirm names of the last SUBSCRIBE: later requests wait for its reply.
+    public mutating func subscriptionPending() {
+        pubsubPending += 1
+        updateFastPath()
+    }
+
+    /// The server confirmed a pending SUBSCRIBE (its confirmation goes out now). Returns whether a request waits
+    /// for it (`decide` again).
+    public mutating func subscriptionConfirmed() -> Bool {
+        pubsubPending -= 1
+        updateFastPath()
+        return pubsubPending == 0 && stall == .replies && inFlight == 0
+    }
+
+    /// The server refused a pending SUBSCRIBE: the names it added are gone again (a refused SUBSCRIBE subscribes
+    /// to none of its names). Returns whether a request waits for it.
+    public mutating func subscriptionRefused(space: PubSubSpace, added: [[UInt8]]) -> Bool {
+        for n in added { subscriptions[space.rawValue].remove(n) }
+        return subscriptionConfirmed()
+    }
+
+    /// The subscriber connection is gone: the client is closed, as a direct connection to a failed server would be.
+    public mutating func subscriberLost() {
+        subscriptions = [[], [], []]
+        pubsubPending = 0
+    }
+
+    /// PING in RESP2 subscribed mode: redis answers "*2 $4 pong $<message>".
+    private func subscribedPing(_ args: [[UInt8]]) -> [UInt8] {
+        if args.count > 2 { return RESPWriter.errorLine("ERR wrong number of arguments for 'ping' command") }
+        var w = RESPWriter(proto: proto)
+        w.arrayHeader(2)
+        w.bulk("pong")
+        w.bulk(args.count == 2 ? args[1] : [])
+        return w.bytes
+    }
+
+    // MARK: KEYS
+
+    private mutating func keys(_ r: Request, context: SessionContext) -> Decision {
+        switch context.keysMode {
+        case .allow, .warn:
+            return forward()
+        case .deny:
+            if inFlight > 0 { return .wait }
+            return .reply(RESPWriter.errorLine("ERR respool: KEYS is disabled (RESPOOL_KEYS=deny): it blocks the server for every key it holds; use SCAN 0 MATCH <pattern> COUNT 1000 and follow the cursor"), .keysDenied)
+        case .scan:
+            // Redis answers the arity error; inside a transaction KEYS is queued on the lease as sent.
+            guard r.args.count == 2, mode == .normal else { return forward() }
+            if inFlight > 0 { return .wait }
+            guard upstream != nil else { return .acquire(.shared(proto: proto, db: db)) }
+            mode = .scanning
+            inFlight += 1
+            return .scan(pattern: r.args[1], silent: false)
+        }
+    }
+
+    /// The scan's reply (or error) has been handed over: later requests may go on.
+    public mutating func scanFinished() {
+        guard mode == .scanning else { return }
+        mode = .normal
+        updateFastPath()
+    }
+
+    // MARK: local state set by local commands (ClientSession+Local.swift)
+
+    mutating func setProto(_ p: Int) {
+        if p != proto, case .leased = mode, let h = upstream {
+            // Holding a lease (WATCH): its connection switches too, as a direct connection would; it goes back to
+            // the pool as a connection of the new protocol.
+            outbox.append(.retargetLease(h, proto: p))
+        }
+        proto = p
+    }
+
+    mutating func setName(_ n: [UInt8]?) {
+        name = n
+        if case .leased = mode, let h = upstream { outbox.append(.nameLease(h)) }
+    }
+
+    mutating func setLibrary(name: [UInt8]? = nil, version: [UInt8]? = nil) {
+        if let name { libName = name }
+        if let version { libVersion = version }
+    }
+
+    mutating func setAuthenticated(_ a: Bool) { authenticated = a }
+    mutating func setReplyMode(_ m: ReplyMode) { replyMode = m }
+
+    /// SELECT: a client holding a lease switches the leased connection itself (which is closed afterwards).
+    mutating func select(_ n: Int) -> Bool {
+        if n != db, case .leased = mode {
+            db = n
+            taintLease()
+            inFlight += 1
+            return true
+        }
+        db = n
+        return false
+    }
+
+    /// RESET: back to a new connection's state.
+    mutating func reset(context: SessionContext) {
+        if case .leased = mode { endLease() }
+        if case .refusedTransaction = mode { mode = .normal }
+        if isSubscribed { forgetSubscriptions() }
+        authenticated = context.clientPassword == nil
+        proto = 2
+        name = nil
+        db = context.defaultDB
+        replyMode = .on
+    }
+}

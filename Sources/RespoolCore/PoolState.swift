@@ -1,0 +1,616 @@
+// PoolState: the bounded set of upstream connections as pure state, the only place that counts them. It decides which
+// connection a client uses (fill-first), leases (at most cap - 1, pub/sub subscriber connections included), when to
+// open, check, switch or close a connection, who waits and in what order, and the back-off after failed connects.
+// No I/O, no clock of its own: the driver passes `now`, carries out the actions it queues (`next()`), and reports
+// what happened on the sockets. The cap invariant lives here: connections (opening ones included) never exceed `cap`.
+
+/// An upstream connection as the driver knows it (its object, as an opaque pointer). Tests use any distinct values.
+public struct ConnHandle: Hashable, @unchecked Sendable, CustomStringConvertible {
+    public let raw: UnsafeMutableRawPointer
+    public init(_ raw: UnsafeMutableRawPointer) { self.raw = raw }
+    public var description: String { "conn@\(UInt(bitPattern: raw))" }
+}
+
+/// What the driver knows of a connection's load when the pool chooses one.
+public struct ConnLoad: Sendable {
+    /// Requests sent and not yet answered.
+    public var pending: Int
+    /// Streaming a large reply, or too much output not yet written: new clients go elsewhere.
+    public var busy: Bool
+    public init(pending: Int, busy: Bool) {
+        self.pending = pending
+        self.busy = busy
+    }
+}
+
+/// What a waiting client (or respool itself) needs from the pool.
+public enum Need: Equatable, Sendable {
+    /// A connection of this protocol and database to multiplex its commands on.
+    case shared(proto: Int, db: Int)
+    /// An exclusive connection (a transaction or a blocking command).
+    case lease(proto: Int, db: Int)
+    /// The pub/sub hub's connection of this protocol.
+    case subscriber(proto: Int)
+    /// Any connection that has completed its handshake (HELLO's reply repeats what the server said in it).
+    case handshake
+}
+
+public struct PoolSettings: Sendable, Equatable {
+    public var cap: Int
+    public var minConnections: Int
+    public var idleTimeout: Double
+    public var lifetime: Double
+    public var keepalive: Double
+    public var checkAfter: Double
+    public var waitTimeout: Double
+    public var defaultDB: Int
+
+    public init(cap: Int, minConnections: Int = 1, idleTimeout: Double = 120, lifetime: Double = 3600, keepalive: Double = 60,
+                checkAfter: Double = 30, waitTimeout: Double = 5, defaultDB: Int = 0) {
+        self.cap = cap
+        self.minConnections = minConnections
+        self.idleTimeout = idleTimeout
+        self.lifetime = lifetime
+        self.keepalive = keepalive
+        self.checkAfter = checkAfter
+        self.waitTimeout = waitTimeout
+        self.defaultDB = defaultDB
+    }
+
+    public init(config: Config) {
+        self.init(cap: config.maxServerConnections, minConnections: config.minServerConnections,
+                  idleTimeout: config.serverIdleTimeout, lifetime: config.serverLifetime, keepalive: config.serverKeepalive,
+                  checkAfter: config.serverCheckAfter, waitTimeout: config.waitTimeout, defaultDB: config.upstream.db)
+    }
+}
+
+public struct PoolState {
+    public enum Phase: Equatable, Sendable { case connecting, ready }
+
+    public enum Role: Equatable, Sendable {
+        /// Multiplexed: clients are pinned to it while they have commands in flight.
+        case shared
+        /// Exclusive to one client.
+        case leased(client: Int)
+        /// The pub/sub hub's subscriber connection of a protocol (a lease without a client).
+        case subscriber(proto: Int)
+    }
+
+    public struct Connection: Sendable {
+        public let id: Int
+        public let handle: ConnHandle
+        public internal(set) var phase: Phase
+        public internal(set) var role: Role
+        /// Protocol and database of the commands appended to it from now on.
+        public internal(set) var proto: Int
+        public internal(set) var db: Int
+        public let createdAt: Double
+        /// When its last reply came in (or it was opened, or PINGed).
+        public internal(set) var idleSince: Double
+        /// Past its lifetime with work in flight: no new client gets it; closed once idle.
+        public internal(set) var retiring = false
+    }
+
+    /// What a connection is opened for.
+    public struct Opening: Equatable, Sendable {
+        public var proto: Int
+        public var db: Int
+        public var role: Role
+        /// Opened for a waiting client (not for the caller of `acquire`/`lease`/`subscriber`, who uses it at once).
+        public var forWaiter = false
+
+        public init(proto: Int, db: Int, role: Role, forWaiter: Bool = false) {
+            self.proto = proto
+            self.db = db
+            self.role = role
+            self.forWaiter = forWaiter
+        }
+    }
+
+    public enum Action: Equatable, Sendable {
+        /// Open a connection (then report `opened` or `openFailed` with the same `Opening`).
+        case open(Opening)
+        /// Close a connection on purpose (idle, lifetime, a lease given up with state on it); report `closed`.
+        case close(ConnHandle, reason: String)
+        /// PING a connection: a keepalive, or the check before reuse (whose answer is reported with `checked`).
+        case ping(ConnHandle, beforeReuse: Bool)
+        /// Switch an idle connection's protocol and database in-stream (HELLO, SELECT).
+        case retarget(ConnHandle, proto: Int, db: Int)
+        /// A waiting client can go on: what it needs can be had now (a lease is already its). It asks again.
+        case grant(client: Int, Need)
+        /// A waiting client will not get what it waits for: the pool is unreachable, or it waited too long.
+        case failWaiter(client: Int, Failure)
+        /// The connection leased to this client is gone (failed or closed).
+        case leaseLost(client: Int)
+        /// The subscriber connection of this protocol is gone.
+        case subscriberLost(proto: Int)
+        /// Ask the first ready connection for the server's command table (once per process).
+        case requestCommandTable(ConnHandle)
+        /// Nothing can be opened during the back-off: call `keepWarm` again after this many seconds.
+        case retry(after: Double)
+    }
+
+    public enum Failure: Equatable, Sendable {
+        /// RESPOOL_WAIT_TIMEOUT passed.
+        case timedOut(cap: Int)
+        /// No connection can be had: the error reply (the last connect error, shutdown).
+        case unavailable(String)
+    }
+
+    /// The answer to a client that asks for a connection now.
+    public enum Answer: Equatable, Sendable {
+        case use(ConnHandle)
+        /// Open this one and use it (report `opened`, or `openFailed`, which the client gets as its error).
+        case open(Opening)
+        /// The client waits: it is granted (and asks again) or failed later.
+        case wait
+        case fail(String)
+    }
+
+    public struct Waiter: Sendable {
+        public let need: Need
+        public let since: Double
+    }
+
+    public let settings: PoolSettings
+    public private(set) var connections: [Connection] = []
+    /// Connections decided and not yet reported `opened`/`openFailed`: counted against the cap.
+    public private(set) var openings: [Opening] = []
+    public private(set) var waiters = WaitQueue<Waiter>()
+    public private(set) var failures = 0
+    public private(set) var retryAt = 0.0
+    public private(set) var lastError: String?
+    public private(set) var closing = false
+    /// A number in 0...1 for the next back-off's jitter (the driver draws a random one; tests set it).
+    public var jitter = 0.5
+    private var nextID = 1
+    private var commandTableRequested = false
+    private var outbox: [Action] = []
+    private var outboxHead = 0
+    /// The driver's view of a connection's load (injected, so the state needs no update per command).
+    private let load: (ConnHandle) -> ConnLoad
+
+    /// Fill-first packing: a busy connection keeps taking clients while it has fewer than `packLimit` requests
+    /// unanswered and is not `busy` (docs/ARCHITECTURE.md: spreading clients buys redis-server no parallelism).
+    public static let packLimit = 8192
+
+    public init(settings: PoolSettings, load: @escaping (ConnHandle) -> ConnLoad) {
+        self.settings = settings
+        self.load = load
+    }
+
+    // MARK: reading
+
+    public var count: Int { connections.count }
+    public var cap: Int { settings.cap }
+    public var leasedCount: Int { connections.reduce(0) { $0 + ($1.role == .shared ? 0 : 1) } }
+    public var sharedCount: Int { connections.reduce(0) { $0 + ($1.role == .shared ? 1 : 0) } }
+    private var leasesOpening: Int { openings.reduce(0) { $0 + ($1.role == .shared ? 0 : 1) } }
+    /// Connections that may still be opened.
+    private var room: Int { settings.cap - connections.count - openings.count }
+    public func connection(_ h: ConnHandle) -> Connection? { connections.first { $0.handle == h } }
+    private func index(_ h: ConnHandle) -> Int? { connections.firstIndex { $0.handle == h } }
+
+    /// A ready shared connection for respool's own requests (the advisor's INFO, /healthz's PING).
+    public var readyShared: ConnHandle? { connections.first { $0.role == .shared && $0.phase == .ready }?.handle }
+
+    /// The connection leased to `client`, if any.
+    public func lease(of client: Int) -> ConnHandle? {
+        connections.first { $0.role == .leased(client: client) }?.handle
+    }
+
+    /// The next action for the driver to carry out, oldest first (the driver drains them after every call).
+    public mutating func next() -> Action? {
+        guard outboxHead < outbox.count else {
+            if outboxHead > 0 {
+                outbox.removeAll(keepingCapacity: true)
+                outboxHead = 0
+            }
+            return nil
+        }
+        defer { outboxHead += 1 }
+        return outbox[outboxHead]
+    }
+
+    @inline(__always)
+    public var hasActions: Bool { outboxHead < outbox.count }
+
+    private mutating func emit(_ a: Action) { outbox.append(a) }
+
+    /// The earliest moment a waiter times out, nil when nobody waits.
+    public var nextWaitDeadline: Double? {
+        var earliest: Double?
+        for (_, w) in waiters.ordered { earliest = min(earliest ?? w.since, w.since) }
+        return earliest.map { $0 + settings.waitTimeout }
+    }
+
+    /// The error a client gets when no connection can be had.
+    public var unavailableError: String { "ERR upstream unavailable: " + (lastError.map { "\($0) (retrying)" } ?? "not connected") }
+
+    // MARK: asking for connections
+
+    /// A shared connection of `proto`/`db` for a client that has nothing in flight (fill-first).
+    public mutating func acquire(client: Int, proto: Int, db: Int, now: Double) -> Answer {
+        let answer = choose(proto: proto, db: db, now: now, mayCheck: true)
+        if answer == .wait { waiters.append(client, Waiter(need: .shared(proto: proto, db: db), since: now)) }
+        return answer
+    }
+
+    /// The fill-first choice of a shared connection: the first one (in opening order) that is not too far behind,
+    /// else the least loaded, else a new one within the cap, else an idle one switched in-stream.
+    private mutating func choose(proto: Int, db: Int, now: Double, mayCheck: Bool) -> Answer {
+        var best: Int? = nil
+        var bestLoad = Int.max
+        for i in connections.indices where connections[i].role == .shared {
+            let c = connections[i]
+            // A connection still connecting counts by what is queued on it, as a ready one does: clients that arrive
+            // meanwhile queue behind its handshake instead of each opening another connection up to the cap.
+            if c.proto != proto || c.db != db || c.retiring { continue }
+            let l = load(c.handle)
+            if l.pending > 0 && l.pending < Self.packLimit && !l.busy { return .use(c.handle) }
+            if l.pending < bestLoad {
+                best = i
+                bestLoad = l.pending
+                if l.pending == 0 {
+                    // Idle for a while: checked with a PING before a command goes on it. The client waits for the
+                    // PONG (or, if the connection turns out dead, for a fresh one).
+                    if mayCheck && settings.checkAfter > 0 && c.phase == .ready && now - c.idleSince >= settings.checkAfter {
+                        connections[i].idleSince = now
+                        emit(.ping(c.handle, beforeReuse: true))
+                        return .wait
+                    }
+                    return .use(c.handle)
+                }
+            }
+        }
+        // Every connection of this protocol and database is busy (or there is none): grow within the cap.
+        if room > 0 && !closing && now >= retryAt {
+            let o = Opening(proto: proto, db: db, role: .shared)
+            openings.append(o)
+            if best == nil { return .open(o) }
+            emit(.open(o))
+        }
+        if let best { return .use(connections[best].handle) }
+        if room == 0 {
+            if openings.contains(where: { $0.role == .shared && $0.proto == proto && $0.db == db }) { return .wait }
+            // The cap is full with connections of another protocol or database: switch an idle one in-stream.
+            if let h = idleShared() {
+                retarget(h, proto: proto, db: db)
+                return .use(h)
+            }
+            return .wait
+        }
+        return .fail(closing ? "ERR upstream unavailable: respool is shutting down" : unavailableError)
+    }
+
+    private func idleShared() -> ConnHandle? {
+        connections.first { $0.role == .shared && $0.phase == .ready && load($0.handle).pending == 0 }?.handle
+    }
+
+    private mutating func retarget(_ h: ConnHandle, proto: Int, db: Int) {
+        guard let i = index(h) else { return }
+        if connections[i].proto == proto && connections[i].db == db { return }
+        connections[i].proto = proto
+        connections[i].db = db
+        emit(.retarget(h, proto: proto, db: db))
+    }
+
+    /// An exclusive connection for `client` (a transaction or a blocking command): the one it already holds, an idle
+    /// shared one of its protocol and database (one always stays shared), a new one within the cap, or an idle one
+    /// switched. At most cap - 1 are leased at once.
+    public mutating func lease(client: Int, proto: Int, db: Int, now: Double) -> Answer {
+        if let h = lease(of: client) { return .use(h) }
+        let answer = tryLease(role: .leased(client: client), proto: proto, db: db, now: now)
+        if answer == .wait { waiters.append(client, Waiter(need: .lease(proto: proto, db: db), since: now)) }
+        return answer
+    }
+
+    /// The hub's subscriber connection of `proto` (a lease without a client) for `client`'s SUBSCRIBE; the client
+    /// waits when none can be had yet.
+    public mutating func subscriber(client: Int, proto: Int, now: Double) -> Answer {
+        if let c = connections.first(where: { $0.role == .subscriber(proto: proto) }) { return .use(c.handle) }
+        var answer = Answer.wait
+        if !openings.contains(where: { $0.role == .subscriber(proto: proto) }) {
+            answer = tryLease(role: .subscriber(proto: proto), proto: proto, db: settings.defaultDB, now: now)
+        }
+        if answer == .wait { waiters.append(client, Waiter(need: .subscriber(proto: proto), since: now)) }
+        return answer
+    }
+
+    private mutating func tryLease(role: Role, proto: Int, db: Int, now: Double) -> Answer {
+        guard settings.cap >= 2 else {
+            return .fail("ERR respool: this command needs a dedicated upstream connection, and with RESPOOL_MAX_SERVER_CONNECTIONS=1 none can be leased")
+        }
+        if leasedCount + leasesOpening >= settings.cap - 1 || closing { return .wait }
+        let shared = sharedCount
+        if shared > 1, let i = connections.firstIndex(where: {
+            $0.role == .shared && $0.proto == proto && $0.db == db && $0.phase == .ready && load($0.handle).pending == 0
+        }) {
+            connections[i].role = role
+            return .use(connections[i].handle)
+        }
+        if room > 0 {
+            if now < retryAt { return .fail(unavailableError) }
+            let o = Opening(proto: proto, db: db, role: role)
+            openings.append(o)
+            return .open(o)
+        }
+        if shared > 1, let h = idleShared(), let i = index(h) {
+            retarget(h, proto: proto, db: db)
+            connections[i].role = role
+            return .use(h)
+        }
+        return .wait
+    }
+
+    /// Takes a lease back: a clean connection (nothing in flight, no state) rejoins the shared set; any other is
+    /// closed, since its state (a transaction, a blocked call, a changed name or database) cannot be trusted.
+    public mutating func endLease(_ h: ConnHandle, clean: Bool, now: Double) {
+        guard let i = index(h), connections[i].role != .shared else { return }
+        if clean && load(h).pending == 0 {
+            connections[i].role = .shared
+            connections[i].idleSince = now
+            serveWaiters(now: now)
+        } else {
+            connections[i].role = .shared
+            connections[i].retiring = true   // nobody is given it before it is closed
+            emit(.close(h, reason: "lease ended with state or commands in flight"))
+        }
+    }
+
+    /// The driver switched a connection's protocol or database itself (HELLO or SELECT on a client's lease).
+    public mutating func switched(_ h: ConnHandle, proto: Int, db: Int) {
+        guard let i = index(h) else { return }
+        connections[i].proto = proto
+        connections[i].db = db
+    }
+
+    /// A client went away: it no longer waits, and a lease it held is given back (closed: its state is unknown).
+    public mutating func clientGone(_ client: Int, now: Double) {
+        waiters.remove(client)
+        if let h = lease(of: client) { endLease(h, clean: false, now: now) }
+    }
+
+    // MARK: what happened to connections
+
+    /// The driver opened what `o` asked for: its socket exists and its handshake is queued.
+    public mutating func opened(_ h: ConnHandle, _ o: Opening, now: Double) {
+        guard let k = openings.firstIndex(of: o) else { preconditionFailure("opened \(o) without an open action") }
+        openings.remove(at: k)
+        var role = o.role
+        if o.forWaiter {
+            // Opened for a waiter that has left meanwhile (closed): nobody holds it, it joins the shared set.
+            switch role {
+            case .leased(let client) where !waiters.contains(client): role = .shared
+            case .subscriber(let proto) where !waiters.ordered.contains(where: { $0.value.need == .subscriber(proto: proto) }): role = .shared
+            default: break
+            }
+        }
+        connections.append(Connection(id: nextID, handle: h, phase: .connecting, role: role, proto: o.proto, db: o.db,
+                                      createdAt: now, idleSince: now))
+        nextID += 1
+        serveWaiters(now: now)
+    }
+
+    /// Opening failed before a socket existed (DNS, connect()): back off; waiters that cannot be served fail.
+    public mutating func openFailed(_ o: Opening, reason: String, now: Double) {
+        guard let k = openings.firstIndex(of: o) else { preconditionFailure("openFailed \(o) without an open action") }
+        openings.remove(at: k)
+        noteConnectFailure(reason, now: now)
+        failUnservable(now: now)
+        keepWarm(now: now)
+    }
+
+    /// The handshake completed: the connection is ready, the server reachable again.
+    public mutating func connected(_ h: ConnHandle, now: Double) {
+        guard let i = index(h) else { return }
+        connections[i].phase = .ready
+        failures = 0
+        retryAt = 0
+        lastError = nil
+        if !commandTableRequested {
+            commandTableRequested = true
+            emit(.requestCommandTable(h))
+        }
+        serveWaiters(now: now)
+    }
+
+    /// The connection's FIFO became empty.
+    public mutating func becameIdle(_ h: ConnHandle, now: Double) {
+        guard let i = index(h) else { return }
+        connections[i].idleSince = now
+        if connections[i].retiring && connections[i].role == .shared {
+            emit(.close(h, reason: "lifetime"))
+            return
+        }
+        if !waiters.isEmpty { serveWaiters(now: now) }
+    }
+
+    /// The PING before reuse was answered: the connection is fine, its waiters can have it.
+    public mutating func checked(_ h: ConnHandle, now: Double) {
+        guard let i = index(h) else { return }
+        connections[i].idleSince = now
+        serveWaiters(now: now)
+    }
+
+    /// The connection failed (`whileConnecting`: before its handshake completed, which backs off the next connect).
+    public mutating func failed(_ h: ConnHandle, reason: String, whileConnecting: Bool, now: Double) {
+        guard let i = index(h) else { return }
+        let c = connections.remove(at: i)
+        lastError = reason
+        if whileConnecting { noteConnectFailure(reason, now: now) }
+        lost(c)
+        failUnservable(now: now)
+        serveWaiters(now: now)
+        keepWarm(now: now)
+    }
+
+    /// The driver closed the connection on purpose (after a `close` action, or at shutdown).
+    public mutating func closed(_ h: ConnHandle, now: Double) {
+        guard let i = index(h) else { return }
+        let c = connections.remove(at: i)
+        lost(c)
+        serveWaiters(now: now)
+        keepWarm(now: now)
+    }
+
+    private mutating func lost(_ c: Connection) {
+        switch c.role {
+        case .shared: break
+        case .leased(let client): emit(.leaseLost(client: client))
+        case .subscriber(let proto): emit(.subscriberLost(proto: proto))
+        }
+    }
+
+    /// Exponential back-off with full jitter: 100 ms doubling up to 5 s.
+    private mutating func noteConnectFailure(_ reason: String, now: Double) {
+        failures += 1
+        lastError = reason
+        let ceiling = min(5.0, 0.1 * Double(1 << min(failures - 1, 10)))
+        retryAt = now + ceiling / 2 + jitter * ceiling / 2
+    }
+
+    // MARK: waiters
+
+    /// A client waits until `need` can be met (HELLO before any handshake completed, for example).
+    public mutating func wait(client: Int, for need: Need, now: Double) {
+        waiters.append(client, Waiter(need: need, since: now))
+        serveWaiters(now: now)
+        failUnservable(now: now)
+    }
+
+    /// Serves waiting clients in arrival order, each as soon as what it needs can be had: a lease or a subscriber
+    /// connection is assigned at once (so nobody who came later takes it); for the rest the client is told to ask
+    /// again.
+    private mutating func serveWaiters(now: Double) {
+        guard !waiters.isEmpty, !closing else { return }
+        for (client, w) in waiters.ordered where waiters.contains(client) {
+            var met = false
+            switch w.need {
+            case .shared(let proto, let db):
+                switch choose(proto: proto, db: db, now: now, mayCheck: false) {
+                case .use: met = true
+                case .open(let o): emitForWaiter(o)
+                case .wait, .fail: break
+                }
+            case .lease(let proto, let db):
+                if lease(of: client) != nil {
+                    met = true   // opened for it
+                    break
+                }
+                switch tryLease(role: .leased(client: client), proto: proto, db: db, now: now) {
+                case .use: met = true
+                case .open(let o): emitForWaiter(o)
+                case .wait, .fail: break
+                }
+            case .subscriber(let proto):
+                if connections.contains(where: { $0.role == .subscriber(proto: proto) }) {
+                    met = true
+                } else if !openings.contains(where: { $0.role == .subscriber(proto: proto) }) {
+                    switch tryLease(role: .subscriber(proto: proto), proto: proto, db: settings.defaultDB, now: now) {
+                    case .use: met = true
+                    case .open(let o): emitForWaiter(o)
+                    case .wait, .fail: break
+                    }
+                }
+            case .handshake:
+                if connections.contains(where: { $0.phase == .ready }) {
+                    met = true
+                } else if connections.isEmpty && openings.isEmpty && room > 0 && now >= retryAt {
+                    let o = Opening(proto: 2, db: settings.defaultDB, role: .shared)
+                    openings.append(o)
+                    emit(.open(o))
+                }
+            }
+            if met {
+                waiters.remove(client)
+                emit(.grant(client: client, w.need))
+            }
+        }
+    }
+
+    /// An opening a waiter's need reserved (in `choose`/`tryLease`): marked as the waiter's and queued.
+    private mutating func emitForWaiter(_ o: Opening) {
+        guard let k = openings.lastIndex(of: o) else { return }
+        openings[k].forWaiter = true
+        emit(.open(openings[k]))
+    }
+
+    /// While the server is unreachable (no connection of any kind, and the back-off forbids opening one), waiters
+    /// fail at once with the last error, as commands that find no connection do.
+    private mutating func failUnservable(now: Double) {
+        guard !waiters.isEmpty, connections.isEmpty, openings.isEmpty, now < retryAt else { return }
+        for (client, _) in waiters.ordered {
+            waiters.remove(client)
+            emit(.failWaiter(client: client, .unavailable(unavailableError)))
+        }
+    }
+
+    /// Waiters past RESPOOL_WAIT_TIMEOUT fail (the driver calls this at `nextWaitDeadline`).
+    public mutating func expireWaiters(now: Double) {
+        for (client, w) in waiters.ordered where w.since + settings.waitTimeout <= now {
+            waiters.remove(client)
+            emit(.failWaiter(client: client, .timedOut(cap: settings.cap)))
+        }
+    }
+
+    // MARK: upkeep
+
+    /// Keeps one connection open (or being retried) so the first command after an outage does not pay for
+    /// connecting and the log says when the server is back.
+    public mutating func keepWarm(now: Double) {
+        guard !closing, !connections.contains(where: { $0.role == .shared }), !openings.contains(where: { $0.role == .shared }) else { return }
+        if now >= retryAt {
+            for _ in 0..<max(1, min(settings.minConnections, room)) where room > 0 {
+                let o = Opening(proto: 2, db: settings.defaultDB, role: .shared)
+                openings.append(o)
+                emit(.open(o))
+            }
+        } else {
+            emit(.retry(after: retryAt - now))
+        }
+    }
+
+    /// Once a tick: shared connections idle past the idle timeout beyond the minimum close; those past their lifetime
+    /// are replaced once idle (marked retiring while busy); idle ones are PINGed at the keepalive interval;
+    /// connections are opened up to the minimum. O(cap).
+    public mutating func tick(now: Double) {
+        guard !closing else { return }
+        var shared = connections.reduce(0) { $0 + ($1.role == .shared && !$1.retiring ? 1 : 0) }
+        for i in connections.indices where connections[i].role == .shared {
+            let c = connections[i]
+            let pending = load(c.handle).pending
+            if settings.lifetime > 0 && pending > 0 && now - c.createdAt >= settings.lifetime {
+                connections[i].retiring = true
+            }
+            guard c.phase == .ready && pending == 0 && !c.retiring else { continue }
+            let idle = now - c.idleSince
+            if settings.idleTimeout > 0 && idle >= settings.idleTimeout && shared > settings.minConnections {
+                connections[i].retiring = true
+                emit(.close(c.handle, reason: "server_idle_timeout"))
+                shared -= 1
+            } else if settings.lifetime > 0 && now - c.createdAt >= settings.lifetime {
+                connections[i].retiring = true
+                emit(.close(c.handle, reason: "lifetime"))
+                shared -= 1
+            } else if settings.keepalive > 0 && idle >= settings.keepalive {
+                connections[i].idleSince = now
+                emit(.ping(c.handle, beforeReuse: false))
+            }
+        }
+        while shared + openings.count < settings.minConnections && room > 0 && now >= retryAt {
+            let o = Opening(proto: 2, db: settings.defaultDB, role: .shared)
+            openings.append(o)
+            emit(.open(o))
+        }
+    }
+
+    /// Shutdown: nothing new is opened, leased or granted; waiters fail.
+    public mutating func beginShutdown() {
+        closing = true
+        for (client, _) in waiters.ordered {
+            waiters.remove(client)
+            emit(.failWaiter(client: client, .unavailable("ERR upstream unavailable: respool is shutting down")))
+        }
+    }
+}
