@@ -9,89 +9,6 @@
 // exactly one reply, in the order sent, or the client is closed.
 import RESP
 
-/// What the server said about itself in its HELLO reply (repeated to clients in respool's HELLO reply).
-public struct ServerInfo: Equatable, Sendable {
-    public var server = "redis"
-    public var version = "unknown"
-    public var mode = "standalone"
-    public var role = "master"
-    public var modules: RESPValue = .array([])
-
-    public init() {}
-
-    /// From the HELLO reply of a handshake (a map in RESP3, a flat array in RESP2).
-    public init?(helloReply value: RESPValue) {
-        var pairs: [RESPValue] = []
-        switch value {
-        case .map(let p): pairs = p
-        case .array(let a?): pairs = a
-        default: return nil
-        }
-        var i = 0
-        while i + 1 < pairs.count {
-            let v = pairs[i + 1]
-            switch pairs[i].string ?? "" {
-            case "server": server = v.string ?? server
-            case "version": version = v.string ?? version
-            case "mode": mode = v.string ?? mode
-            case "role": role = v.string ?? role
-            case "modules": modules = v
-            default: break
-            }
-            i += 2
-        }
-    }
-}
-
-/// What a session's decisions depend on beyond itself (configuration and what the driver knows now).
-public struct SessionContext: Sendable {
-    /// RESPOOL_CLIENT_PASSWORD (nil: clients need no AUTH).
-    public var clientPassword: [UInt8]?
-    public var databases: Int
-    public var defaultDB: Int
-    public var keysMode: KeysMode
-    /// From the first completed handshake (nil until then).
-    public var serverInfo: ServerInfo?
-    /// Whether the pub/sub hub of RESP2 / RESP3 has its subscriber connection.
-    public var subscriberReady: [Bool] = [false, false, false, false]
-
-    public init(clientPassword: [UInt8]?, databases: Int, defaultDB: Int, keysMode: KeysMode) {
-        self.clientPassword = clientPassword
-        self.databases = databases
-        self.defaultDB = defaultDB
-        self.keysMode = keysMode
-    }
-
-    public init(config: Config) {
-        self.init(clientPassword: config.clientPassword.map { Array($0.utf8) }, databases: config.databases,
-                  defaultDB: config.upstream.db, keysMode: config.keysMode)
-    }
-}
-
-/// One request, decoded (the slow path), with its route.
-public struct Request: Sendable {
-    public var route: CommandRoute
-    /// The command name, lowercased.
-    public var name: SmallBytes
-    /// The arguments, the command name first.
-    public var args: [[UInt8]]
-
-    public init(route: CommandRoute, name: SmallBytes, args: [[UInt8]]) {
-        self.route = route
-        self.name = name
-        self.args = args
-    }
-
-    public init(args: [[UInt8]]) {
-        let name = args.first.map { SmallBytes(lowercasing: $0) } ?? SmallBytes()
-        self.init(route: CommandTable.route(name), name: name, args: args)
-    }
-}
-
-public enum PubSubSpace: Int, Sendable, CaseIterable {
-    case channel = 0, pattern = 1, shard = 2
-}
-
 public struct ClientSession {
     /// Where the client is, as far as connections go.
     public enum Mode: Equatable, Sendable {
@@ -183,31 +100,31 @@ public struct ClientSession {
     }
 
     public let id: Int
-    public private(set) var mode = Mode.normal
-    public private(set) var lifecycle = Lifecycle.open
-    public private(set) var stall = Stall.none
+    public internal(set) var mode = Mode.normal
+    public internal(set) var lifecycle = Lifecycle.open
+    public internal(set) var stall = Stall.none
     /// The connection the client's in-flight commands are on (a shared one it is pinned to, its lease, or its scan's).
     public var upstream: ConnHandle?
     /// Replies due from upstream (the fast path counts here).
     public var inFlight = 0
     /// Whether a multiplexable command may skip `decide`: nothing of authentication, reply mode, subscriptions or a
     /// refused transaction applies.
-    public private(set) var fastPath = true
-    public private(set) var proto = 2
-    public private(set) var db: Int
-    public private(set) var name: [UInt8]?
-    public private(set) var libName: [UInt8]?
-    public private(set) var libVersion: [UInt8]?
-    public private(set) var authenticated: Bool
-    public private(set) var replyMode = ReplyMode.on
+    public internal(set) var fastPath = true
+    public internal(set) var proto = 2
+    public internal(set) var db: Int
+    public internal(set) var name: [UInt8]?
+    public internal(set) var libName: [UInt8]?
+    public internal(set) var libVersion: [UInt8]?
+    public internal(set) var authenticated: Bool
+    public internal(set) var replyMode = ReplyMode.on
     /// Channels, patterns and shard channels (by `PubSubSpace`).
-    public private(set) var subscriptions: [Set<[UInt8]>] = [[], [], []]
+    public internal(set) var subscriptions: [Set<[UInt8]>] = [[], [], []]
     /// SUBSCRIBE requests whose confirmations wait for the server's.
-    public private(set) var pubsubPending = 0
+    public internal(set) var pubsubPending = 0
     /// Commands queued in the current MULTI (CLIENT LIST's multi=), -1 outside MULTI.
     public var multiQueued = -1
-    public private(set) var lastCommand = SmallBytes()
-    private var outbox: [Effect] = []
+    public internal(set) var lastCommand = SmallBytes()
+    var outbox: [Effect] = []
 
     public init(id: Int, context: SessionContext) {
         self.id = id
@@ -245,7 +162,7 @@ public struct ClientSession {
     public mutating func nextEffect() -> Effect? { outbox.isEmpty ? nil : outbox.removeFirst() }
     public var hasEffects: Bool { !outbox.isEmpty }
 
-    private mutating func updateFastPath() {
+    mutating func updateFastPath() {
         let modeAllows: Bool
         switch mode {
         case .normal, .leased: modeAllows = lifecycle == .open
@@ -313,7 +230,7 @@ public struct ClientSession {
         return d
     }
 
-    private mutating func route(_ r: Request, context: SessionContext) -> Decision {
+    mutating func route(_ r: Request, context: SessionContext) -> Decision {
         if mode == .scanning { return .wait }
         if !authenticated {
             switch r.route {
@@ -385,132 +302,17 @@ public struct ClientSession {
     }
 
     /// Sends on `upstream`, acquiring a shared connection first when the client has none.
-    private mutating func forward() -> Decision {
+    mutating func forward() -> Decision {
         guard upstream != nil else { return .acquire(.shared(proto: proto, db: db)) }
         inFlight += 1
         return .forward(silent: false)
     }
 
-    private mutating func taintLease() {
+    mutating func taintLease() {
         if case .leased(var l) = mode {
             l.tainted = true
             mode = .leased(l)
         }
-    }
-
-    // MARK: leases and transactions
-
-    /// How a request sent on the lease changes its transaction state.
-    private enum LeaseChange { case none, multi, watch, endTransaction, unwatch }
-
-    /// Sends over the client's exclusive connection, leasing one first (after its shared commands are answered),
-    /// and applies `change` once the request is on its way.
-    private mutating func leased(_ change: LeaseChange) -> Decision {
-        guard case .leased(var l) = mode else {
-            if inFlight > 0 { return .wait }
-            return .acquire(.lease(proto: proto, db: db))
-        }
-        switch change {
-        case .none: break
-        case .multi:
-            if !l.multi { multiQueued = -1 }   // MULTI itself is not queued
-            l.multi = true
-        case .watch:
-            if !l.multi { l.watching = true }  // WATCH inside MULTI is an error and changes nothing
-        case .endTransaction:
-            if l.multi {
-                l.multi = false
-                l.watching = false             // EXEC and DISCARD unwatch everything
-                multiQueued = -1
-            }
-        case .unwatch:
-            if !l.multi { l.watching = false } // inside MULTI, UNWATCH is only queued
-        }
-        mode = .leased(l)
-        inFlight += 1
-        return .forward(silent: false)
-    }
-
-    /// MULTI and WATCH take a lease; EXEC and DISCARD end MULTI and WATCH, UNWATCH ends WATCH; the lease goes back to
-    /// the pool once the state has ended and every reply is in. Without a lease, EXEC/DISCARD/UNWATCH go to a shared
-    /// connection, where redis answers them as it would this client ("EXEC without MULTI", +OK).
-    private mutating func transaction(_ t: TransactionCommand) -> Decision {
-        switch t {
-        case .multi: return leased(.multi)
-        case .watch: return leased(.watch)
-        case .exec, .discard: return lease == nil ? forward() : leased(.endTransaction)
-        case .unwatch: return lease == nil ? forward() : leased(.unwatch)
-        }
-    }
-
-    /// The pool leased `h` to the client (its shared commands are all answered).
-    public mutating func leased(_ h: ConnHandle) {
-        precondition(inFlight == 0 && mode == .normal && lifecycle == .open,
-                     "client \(id) leased \(h) in mode \(mode), \(lifecycle), with \(inFlight) in flight")
-        upstream = h
-        mode = .leased(Lease())
-        outbox.append(.nameLease(h))
-        updateFastPath()
-    }
-
-    /// After a MULTI that could not start, the client's pipelined transaction is answered as redis answers one whose
-    /// commands failed to queue: errors, then EXECABORT at EXEC. Nothing of it runs.
-    private mutating func refusedTransaction(_ route: CommandRoute, reason: String) -> Decision {
-        if inFlight > 0 { return .wait }
-        switch route {
-        case .transaction(.exec):
-            mode = .normal
-            return .reply(RESPWriter.errorLine("EXECABORT Transaction discarded because of previous errors."), .error)
-        case .transaction(.discard):
-            mode = .normal
-            return .reply(Array("+OK\r\n".utf8), .error)
-        case .transaction(.multi):
-            return .reply(RESPWriter.errorLine("ERR MULTI calls can not be nested"), .error)
-        case .transaction(.watch):
-            return .reply(RESPWriter.errorLine("ERR WATCH inside MULTI is not allowed"), .error)
-        default:
-            return .reply(RESPWriter.errorLine("ERR respool: command not queued: the transaction could not start (\(reason))"), .error)
-        }
-    }
-
-    /// The connection the request waited for cannot be had (`message`: the error text, e.g. the pool's reason or
-    /// the wait timeout). Returns the request's error reply; a MULTI that cannot start refuses its transaction.
-    public mutating func couldNotAcquire(_ need: Need, message: String, command: SmallBytes) -> [UInt8] {
-        stall = .none
-        if case .lease = need, command == SmallBytes("multi") {
-            let reason = message.hasPrefix("ERR ") ? String(message.dropFirst(4)) : message
-            mode = .refusedTransaction(reason: reason)
-        }
-        lastCommand = command
-        // The request is answered (with this error): under CLIENT REPLY SKIP it was the one skipped.
-        let silent = replyMode != .on
-        if replyMode == .skipNext { replyMode = .on }
-        updateFastPath()
-        return silent ? [] : RESPWriter.errorLine(message)
-    }
-
-    /// Whether the client's connection state still needs its lease.
-    public var holdsState: Bool { leaseState?.holdsState ?? false }
-
-    /// Gives the lease back: clean (it rejoins the shared set) when nothing is in flight and no state is left on it,
-    /// else its connection is closed. Replies still due on it are dropped by the driver.
-    private mutating func endLease() {
-        guard case .leased(let l) = mode, let h = upstream else { return }
-        outbox.append(.endLease(h, clean: !l.tainted && !l.holdsState && inFlight == 0))
-        mode = .normal
-        upstream = nil
-        multiQueued = -1
-    }
-
-    /// The leased connection is gone (its replies were answered with errors). A client that had transaction state
-    /// on it is closed after those errors, as a direct connection to a failed server would be.
-    public mutating func leaseLost() {
-        guard case .leased(let l) = mode else { return }
-        mode = .normal
-        upstream = nil
-        multiQueued = -1
-        if l.holdsState { closeAfterReplies("upstream_lost_during_transaction") }
-        updateFastPath()
     }
 
     // MARK: replies and events
@@ -580,126 +382,6 @@ public struct ClientSession {
         stall = .none
         lifecycle = .closed(reason: reason)
         fastPath = false
-    }
-
-    // MARK: pub/sub
-
-    private mutating func forgetSubscriptions() {
-        outbox.append(.unsubscribeAll(proto: proto, names: subscriptions.map { $0.sorted { $0.lexicographicallyPrecedes($1) } }))
-        subscriptions = [[], [], []]
-        pubsubPending = 0
-    }
-
-    private func count(in space: PubSubSpace) -> Int {
-        space == .shard ? subscriptions[2].count : subscriptions[0].count + subscriptions[1].count
-    }
-
-    /// "*3 $<kind> $<name> :<count>" (a push frame in RESP3).
-    private func confirmation(_ word: String, _ name: [UInt8]?, _ count: Int) -> [UInt8] {
-        var w = RESPWriter(proto: proto)
-        w.pushHeader(3)
-        w.bulk(word)
-        if let name { w.bulk(name) } else { w.null() }
-        w.integer(count)
-        return w.bytes
-    }
-
-    private mutating func pubsub(_ command: PubSubCommand, args: [[UInt8]], context: SessionContext) -> Decision {
-        let space: PubSubSpace
-        switch command {
-        case .subscribe, .unsubscribe: space = .channel
-        case .psubscribe, .punsubscribe: space = .pattern
-        case .ssubscribe, .sunsubscribe: space = .shard
-        }
-        let names = Array(args.dropFirst())
-        switch command {
-        case .subscribe, .psubscribe, .ssubscribe:
-            if names.isEmpty { return .reply(RESPWriter.errorLine("ERR wrong number of arguments for '\(command.word)' command"), .error) }
-            if inMulti { return .reply(RESPWriter.errorLine("ERR Command not allowed inside a transaction"), .error) }
-            guard context.subscriberReady[proto] else { return .acquire(.subscriber(proto: proto)) }
-            // The confirmations, computed now with this client's counts after each name.
-            var reply: [UInt8] = []
-            var added: [[UInt8]] = []
-            for n in names {
-                if subscriptions[space.rawValue].insert(n).inserted { added.append(n) }
-                reply += confirmation(command.word, n, count(in: space))
-            }
-            return .subscribe(space, added: added, confirmation: reply)
-        case .unsubscribe, .punsubscribe, .sunsubscribe:
-            let targets = names.isEmpty ? subscriptions[space.rawValue].sorted { $0.lexicographicallyPrecedes($1) } : names
-            var reply: [UInt8] = []
-            if targets.isEmpty { reply += confirmation(command.word, nil, count(in: space)) }
-            var removed: [[UInt8]] = []
-            for n in targets {
-                if subscriptions[space.rawValue].remove(n) != nil { removed.append(n) }
-                reply += confirmation(command.word, n, count(in: space))
-            }
-            return .unsubscribe(space, removed: removed, reply: reply)
-        }
-    }
-
-    /// The hub waits for the server to confirm names of the last SUBSCRIBE: later requests wait for its reply.
-    public mutating func subscriptionPending() {
-        pubsubPending += 1
-        updateFastPath()
-    }
-
-    /// The server confirmed a pending SUBSCRIBE (its confirmation goes out now). Returns whether a request waits
-    /// for it (`decide` again).
-    public mutating func subscriptionConfirmed() -> Bool {
-        pubsubPending -= 1
-        updateFastPath()
-        return pubsubPending == 0 && stall == .replies && inFlight == 0
-    }
-
-    /// The server refused a pending SUBSCRIBE: the names it added are gone again (a refused SUBSCRIBE subscribes
-    /// to none of its names). Returns whether a request waits for it.
-    public mutating func subscriptionRefused(space: PubSubSpace, added: [[UInt8]]) -> Bool {
-        for n in added { subscriptions[space.rawValue].remove(n) }
-        return subscriptionConfirmed()
-    }
-
-    /// The subscriber connection is gone: the client is closed, as a direct connection to a failed server would be.
-    public mutating func subscriberLost() {
-        subscriptions = [[], [], []]
-        pubsubPending = 0
-    }
-
-    /// PING in RESP2 subscribed mode: redis answers "*2 $4 pong $<message>".
-    private func subscribedPing(_ args: [[UInt8]]) -> [UInt8] {
-        if args.count > 2 { return RESPWriter.errorLine("ERR wrong number of arguments for 'ping' command") }
-        var w = RESPWriter(proto: proto)
-        w.arrayHeader(2)
-        w.bulk("pong")
-        w.bulk(args.count == 2 ? args[1] : [])
-        return w.bytes
-    }
-
-    // MARK: KEYS
-
-    private mutating func keys(_ r: Request, context: SessionContext) -> Decision {
-        switch context.keysMode {
-        case .allow, .warn:
-            return forward()
-        case .deny:
-            if inFlight > 0 { return .wait }
-            return .reply(RESPWriter.errorLine("ERR respool: KEYS is disabled (RESPOOL_KEYS=deny): it blocks the server for every key it holds; use SCAN 0 MATCH <pattern> COUNT 1000 and follow the cursor"), .keysDenied)
-        case .scan:
-            // Redis answers the arity error; inside a transaction KEYS is queued on the lease as sent.
-            guard r.args.count == 2, mode == .normal else { return forward() }
-            if inFlight > 0 { return .wait }
-            guard upstream != nil else { return .acquire(.shared(proto: proto, db: db)) }
-            mode = .scanning
-            inFlight += 1
-            return .scan(pattern: r.args[1], silent: false)
-        }
-    }
-
-    /// The scan's reply (or error) has been handed over: later requests may go on.
-    public mutating func scanFinished() {
-        guard mode == .scanning else { return }
-        mode = .normal
-        updateFastPath()
     }
 
     // MARK: local state set by local commands (ClientSession+Local.swift)

@@ -153,22 +153,22 @@ public struct PoolState {
     }
 
     public let settings: PoolSettings
-    public private(set) var connections: [Connection] = []
+    public internal(set) var connections: [Connection] = []
     /// Connections decided and not yet reported `opened`/`openFailed`: counted against the cap.
-    public private(set) var openings: [Opening] = []
-    public private(set) var waiters = WaitQueue<Waiter>()
-    public private(set) var failures = 0
-    public private(set) var retryAt = 0.0
-    public private(set) var lastError: String?
-    public private(set) var closing = false
+    public internal(set) var openings: [Opening] = []
+    public internal(set) var waiters = WaitQueue<Waiter>()
+    public internal(set) var failures = 0
+    public internal(set) var retryAt = 0.0
+    public internal(set) var lastError: String?
+    public internal(set) var closing = false
     /// A number in 0...1 for the next back-off's jitter (the driver draws a random one; tests set it).
     public var jitter = 0.5
-    private var nextID = 1
-    private var commandTableRequested = false
-    private var outbox: [Action] = []
-    private var outboxHead = 0
+    var nextID = 1
+    var commandTableRequested = false
+    var outbox: [Action] = []
+    var outboxHead = 0
     /// The driver's view of a connection's load (injected, so the state needs no update per command).
-    private let load: (ConnHandle) -> ConnLoad
+    let load: (ConnHandle) -> ConnLoad
 
     /// Fill-first packing: a busy connection keeps taking clients while it has fewer than `packLimit` requests
     /// unanswered and is not `busy` (docs/ARCHITECTURE.md: spreading clients buys redis-server no parallelism).
@@ -185,11 +185,11 @@ public struct PoolState {
     public var cap: Int { settings.cap }
     public var leasedCount: Int { connections.reduce(0) { $0 + ($1.role == .shared ? 0 : 1) } }
     public var sharedCount: Int { connections.reduce(0) { $0 + ($1.role == .shared ? 1 : 0) } }
-    private var leasesOpening: Int { openings.reduce(0) { $0 + ($1.role == .shared ? 0 : 1) } }
+    var leasesOpening: Int { openings.reduce(0) { $0 + ($1.role == .shared ? 0 : 1) } }
     /// Connections that may still be opened.
-    private var room: Int { settings.cap - connections.count - openings.count }
+    var room: Int { settings.cap - connections.count - openings.count }
     public func connection(_ h: ConnHandle) -> Connection? { connections.first { $0.handle == h } }
-    private func index(_ h: ConnHandle) -> Int? { connections.firstIndex { $0.handle == h } }
+    func index(_ h: ConnHandle) -> Int? { connections.firstIndex { $0.handle == h } }
 
     /// A ready shared connection for respool's own requests (the advisor's INFO, /healthz's PING).
     public var readyShared: ConnHandle? { connections.first { $0.role == .shared && $0.phase == .ready }?.handle }
@@ -215,7 +215,7 @@ public struct PoolState {
     @inline(__always)
     public var hasActions: Bool { outboxHead < outbox.count }
 
-    private mutating func emit(_ a: Action) { outbox.append(a) }
+    mutating func emit(_ a: Action) { outbox.append(a) }
 
     /// The earliest moment a waiter times out, nil when nobody waits.
     public var nextWaitDeadline: Double? {
@@ -238,7 +238,7 @@ public struct PoolState {
 
     /// The fill-first choice of a shared connection: the first one (in opening order) that is not too far behind,
     /// else the least loaded, else a new one within the cap, else an idle one switched in-stream.
-    private mutating func choose(proto: Int, db: Int, now: Double, mayCheck: Bool) -> Answer {
+    mutating func choose(proto: Int, db: Int, now: Double, mayCheck: Bool) -> Answer {
         var best: Int? = nil
         var bestLoad = Int.max
         for i in connections.indices where connections[i].role == .shared {
@@ -283,11 +283,11 @@ public struct PoolState {
         return .fail(closing ? "ERR upstream unavailable: respool is shutting down" : unavailableError)
     }
 
-    private func idleShared() -> ConnHandle? {
+    func idleShared() -> ConnHandle? {
         connections.first { $0.role == .shared && $0.phase == .ready && load($0.handle).pending == 0 }?.handle
     }
 
-    private mutating func retarget(_ h: ConnHandle, proto: Int, db: Int) {
+    mutating func retarget(_ h: ConnHandle, proto: Int, db: Int) {
         guard let i = index(h) else { return }
         if connections[i].proto == proto && connections[i].db == db { return }
         connections[i].proto = proto
@@ -317,7 +317,7 @@ public struct PoolState {
         return answer
     }
 
-    private mutating func tryLease(role: Role, proto: Int, db: Int, now: Double) -> Answer {
+    mutating func tryLease(role: Role, proto: Int, db: Int, now: Double) -> Answer {
         guard settings.cap >= 2 else {
             return .fail("ERR respool: this command needs a dedicated upstream connection, and with RESPOOL_MAX_SERVER_CONNECTIONS=1 none can be leased")
         }
@@ -369,248 +369,5 @@ public struct PoolState {
     public mutating func clientGone(_ client: Int, now: Double) {
         waiters.remove(client)
         if let h = lease(of: client) { endLease(h, clean: false, now: now) }
-    }
-
-    // MARK: what happened to connections
-
-    /// The driver opened what `o` asked for: its socket exists and its handshake is queued.
-    public mutating func opened(_ h: ConnHandle, _ o: Opening, now: Double) {
-        guard let k = openings.firstIndex(of: o) else { preconditionFailure("opened \(o) without an open action") }
-        openings.remove(at: k)
-        var role = o.role
-        if o.forWaiter {
-            // Opened for a waiter that has left meanwhile (closed): nobody holds it, it joins the shared set.
-            switch role {
-            case .leased(let client) where !waiters.contains(client): role = .shared
-            case .subscriber(let proto) where !waiters.ordered.contains(where: { $0.value.need == .subscriber(proto: proto) }): role = .shared
-            default: break
-            }
-        }
-        connections.append(Connection(id: nextID, handle: h, phase: .connecting, role: role, proto: o.proto, db: o.db,
-                                      createdAt: now, idleSince: now))
-        nextID += 1
-        serveWaiters(now: now)
-    }
-
-    /// Opening failed before a socket existed (DNS, connect()): back off; waiters that cannot be served fail.
-    public mutating func openFailed(_ o: Opening, reason: String, now: Double) {
-        guard let k = openings.firstIndex(of: o) else { preconditionFailure("openFailed \(o) without an open action") }
-        openings.remove(at: k)
-        noteConnectFailure(reason, now: now)
-        failUnservable(now: now)
-        keepWarm(now: now)
-    }
-
-    /// The handshake completed: the connection is ready, the server reachable again.
-    public mutating func connected(_ h: ConnHandle, now: Double) {
-        guard let i = index(h) else { return }
-        connections[i].phase = .ready
-        failures = 0
-        retryAt = 0
-        lastError = nil
-        if !commandTableRequested {
-            commandTableRequested = true
-            emit(.requestCommandTable(h))
-        }
-        serveWaiters(now: now)
-    }
-
-    /// The connection's FIFO became empty.
-    public mutating func becameIdle(_ h: ConnHandle, now: Double) {
-        guard let i = index(h) else { return }
-        connections[i].idleSince = now
-        if connections[i].retiring && connections[i].role == .shared {
-            emit(.close(h, reason: "lifetime"))
-            return
-        }
-        if !waiters.isEmpty { serveWaiters(now: now) }
-    }
-
-    /// The PING before reuse was answered: the connection is fine, its waiters can have it.
-    public mutating func checked(_ h: ConnHandle, now: Double) {
-        guard let i = index(h) else { return }
-        connections[i].idleSince = now
-        serveWaiters(now: now)
-    }
-
-    /// The connection failed (`whileConnecting`: before its handshake completed, which backs off the next connect).
-    public mutating func failed(_ h: ConnHandle, reason: String, whileConnecting: Bool, now: Double) {
-        guard let i = index(h) else { return }
-        let c = connections.remove(at: i)
-        lastError = reason
-        if whileConnecting { noteConnectFailure(reason, now: now) }
-        lost(c)
-        failUnservable(now: now)
-        serveWaiters(now: now)
-        keepWarm(now: now)
-    }
-
-    /// The driver closed the connection on purpose (after a `close` action, or at shutdown).
-    public mutating func closed(_ h: ConnHandle, now: Double) {
-        guard let i = index(h) else { return }
-        let c = connections.remove(at: i)
-        lost(c)
-        serveWaiters(now: now)
-        keepWarm(now: now)
-    }
-
-    private mutating func lost(_ c: Connection) {
-        switch c.role {
-        case .shared: break
-        case .leased(let client): emit(.leaseLost(client: client))
-        case .subscriber(let proto): emit(.subscriberLost(proto: proto))
-        }
-    }
-
-    /// Exponential back-off with full jitter: 100 ms doubling up to 5 s.
-    private mutating func noteConnectFailure(_ reason: String, now: Double) {
-        failures += 1
-        lastError = reason
-        let ceiling = min(5.0, 0.1 * Double(1 << min(failures - 1, 10)))
-        retryAt = now + ceiling / 2 + jitter * ceiling / 2
-    }
-
-    // MARK: waiters
-
-    /// A client waits until `need` can be met (HELLO before any handshake completed, for example).
-    public mutating func wait(client: Int, for need: Need, now: Double) {
-        waiters.append(client, Waiter(need: need, since: now))
-        serveWaiters(now: now)
-        failUnservable(now: now)
-    }
-
-    /// Serves waiting clients in arrival order, each as soon as what it needs can be had: a lease or a subscriber
-    /// connection is assigned at once (so nobody who came later takes it); for the rest the client is told to ask
-    /// again.
-    private mutating func serveWaiters(now: Double) {
-        guard !waiters.isEmpty, !closing else { return }
-        for (client, w) in waiters.ordered where waiters.contains(client) {
-            var met = false
-            switch w.need {
-            case .shared(let proto, let db):
-                switch choose(proto: proto, db: db, now: now, mayCheck: false) {
-                case .use: met = true
-                case .open(let o): emitForWaiter(o)
-                case .wait, .fail: break
-                }
-            case .lease(let proto, let db):
-                if lease(of: client) != nil {
-                    met = true   // opened for it
-                    break
-                }
-                switch tryLease(role: .leased(client: client), proto: proto, db: db, now: now) {
-                case .use: met = true
-                case .open(let o): emitForWaiter(o)
-                case .wait, .fail: break
-                }
-            case .subscriber(let proto):
-                if connections.contains(where: { $0.role == .subscriber(proto: proto) }) {
-                    met = true
-                } else if !openings.contains(where: { $0.role == .subscriber(proto: proto) }) {
-                    switch tryLease(role: .subscriber(proto: proto), proto: proto, db: settings.defaultDB, now: now) {
-                    case .use: met = true
-                    case .open(let o): emitForWaiter(o)
-                    case .wait, .fail: break
-                    }
-                }
-            case .handshake:
-                if connections.contains(where: { $0.phase == .ready }) {
-                    met = true
-                } else if connections.isEmpty && openings.isEmpty && room > 0 && now >= retryAt {
-                    let o = Opening(proto: 2, db: settings.defaultDB, role: .shared)
-                    openings.append(o)
-                    emit(.open(o))
-                }
-            }
-            if met {
-                waiters.remove(client)
-                emit(.grant(client: client, w.need))
-            }
-        }
-    }
-
-    /// An opening a waiter's need reserved (in `choose`/`tryLease`): marked as the waiter's and queued.
-    private mutating func emitForWaiter(_ o: Opening) {
-        guard let k = openings.lastIndex(of: o) else { return }
-        openings[k].forWaiter = true
-        emit(.open(openings[k]))
-    }
-
-    /// While the server is unreachable (no connection of any kind, and the back-off forbids opening one), waiters
-    /// fail at once with the last error, as commands that find no connection do.
-    private mutating func failUnservable(now: Double) {
-        guard !waiters.isEmpty, connections.isEmpty, openings.isEmpty, now < retryAt else { return }
-        for (client, _) in waiters.ordered {
-            waiters.remove(client)
-            emit(.failWaiter(client: client, .unavailable(unavailableError)))
-        }
-    }
-
-    /// Waiters past RESPOOL_WAIT_TIMEOUT fail (the driver calls this at `nextWaitDeadline`).
-    public mutating func expireWaiters(now: Double) {
-        for (client, w) in waiters.ordered where w.since + settings.waitTimeout <= now {
-            waiters.remove(client)
-            emit(.failWaiter(client: client, .timedOut(cap: settings.cap)))
-        }
-    }
-
-    // MARK: upkeep
-
-    /// Keeps one connection open (or being retried) so the first command after an outage does not pay for
-    /// connecting and the log says when the server is back.
-    public mutating func keepWarm(now: Double) {
-        guard !closing, !connections.contains(where: { $0.role == .shared }), !openings.contains(where: { $0.role == .shared }) else { return }
-        if now >= retryAt {
-            for _ in 0..<max(1, min(settings.minConnections, room)) where room > 0 {
-                let o = Opening(proto: 2, db: settings.defaultDB, role: .shared)
-                openings.append(o)
-                emit(.open(o))
-            }
-        } else {
-            emit(.retry(after: retryAt - now))
-        }
-    }
-
-    /// Once a tick: shared connections idle past the idle timeout beyond the minimum close; those past their lifetime
-    /// are replaced once idle (marked retiring while busy); idle ones are PINGed at the keepalive interval;
-    /// connections are opened up to the minimum. O(cap).
-    public mutating func tick(now: Double) {
-        guard !closing else { return }
-        var shared = connections.reduce(0) { $0 + ($1.role == .shared && !$1.retiring ? 1 : 0) }
-        for i in connections.indices where connections[i].role == .shared {
-            let c = connections[i]
-            let pending = load(c.handle).pending
-            if settings.lifetime > 0 && pending > 0 && now - c.createdAt >= settings.lifetime {
-                connections[i].retiring = true
-            }
-            guard c.phase == .ready && pending == 0 && !c.retiring else { continue }
-            let idle = now - c.idleSince
-            if settings.idleTimeout > 0 && idle >= settings.idleTimeout && shared > settings.minConnections {
-                connections[i].retiring = true
-                emit(.close(c.handle, reason: "server_idle_timeout"))
-                shared -= 1
-            } else if settings.lifetime > 0 && now - c.createdAt >= settings.lifetime {
-                connections[i].retiring = true
-                emit(.close(c.handle, reason: "lifetime"))
-                shared -= 1
-            } else if settings.keepalive > 0 && idle >= settings.keepalive {
-                connections[i].idleSince = now
-                emit(.ping(c.handle, beforeReuse: false))
-            }
-        }
-        while shared + openings.count < settings.minConnections && room > 0 && now >= retryAt {
-            let o = Opening(proto: 2, db: settings.defaultDB, role: .shared)
-            openings.append(o)
-            emit(.open(o))
-        }
-    }
-
-    /// Shutdown: nothing new is opened, leased or granted; waiters fail.
-    public mutating func beginShutdown() {
-        closing = true
-        for (client, _) in waiters.ordered {
-            waiters.remove(client)
-            emit(.failWaiter(client: client, .unavailable("ERR upstream unavailable: respool is shutting down")))
-        }
     }
 }

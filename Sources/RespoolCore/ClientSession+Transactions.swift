@@ -1,0 +1,120 @@
+// ClientSession+Transactions: leases (a transaction, WATCH, a blocking command hold an exclusive connection) and the
+// transaction state tracked from the requests, as redis tracks it; a MULTI that cannot start refuses its transaction.
+import RESP
+
+extension ClientSession {
+    // MARK: leases and transactions
+
+    /// How a request sent on the lease changes its transaction state.
+    enum LeaseChange { case none, multi, watch, endTransaction, unwatch }
+
+    /// Sends over the client's exclusive connection, leasing one first (after its shared commands are answered),
+    /// and applies `change` once the request is on its way.
+    mutating func leased(_ change: LeaseChange) -> Decision {
+        guard case .leased(var l) = mode else {
+            if inFlight > 0 { return .wait }
+            return .acquire(.lease(proto: proto, db: db))
+        }
+        switch change {
+        case .none: break
+        case .multi:
+            if !l.multi { multiQueued = -1 }   // MULTI itself is not queued
+            l.multi = true
+        case .watch:
+            if !l.multi { l.watching = true }  // WATCH inside MULTI is an error and changes nothing
+        case .endTransaction:
+            if l.multi {
+                l.multi = false
+                l.watching = false             // EXEC and DISCARD unwatch everything
+                multiQueued = -1
+            }
+        case .unwatch:
+            if !l.multi { l.watching = false } // inside MULTI, UNWATCH is only queued
+        }
+        mode = .leased(l)
+        inFlight += 1
+        return .forward(silent: false)
+    }
+
+    /// MULTI and WATCH take a lease; EXEC and DISCARD end MULTI and WATCH, UNWATCH ends WATCH; the lease goes back to
+    /// the pool once the state has ended and every reply is in. Without a lease, EXEC/DISCARD/UNWATCH go to a shared
+    /// connection, where redis answers them as it would this client ("EXEC without MULTI", +OK).
+    mutating func transaction(_ t: TransactionCommand) -> Decision {
+        switch t {
+        case .multi: return leased(.multi)
+        case .watch: return leased(.watch)
+        case .exec, .discard: return lease == nil ? forward() : leased(.endTransaction)
+        case .unwatch: return lease == nil ? forward() : leased(.unwatch)
+        }
+    }
+
+    /// The pool leased `h` to the client (its shared commands are all answered).
+    public mutating func leased(_ h: ConnHandle) {
+        precondition(inFlight == 0 && mode == .normal && lifecycle == .open,
+                     "client \(id) leased \(h) in mode \(mode), \(lifecycle), with \(inFlight) in flight")
+        upstream = h
+        mode = .leased(Lease())
+        outbox.append(.nameLease(h))
+        updateFastPath()
+    }
+
+    /// After a MULTI that could not start, the client's pipelined transaction is answered as redis answers one whose
+    /// commands failed to queue: errors, then EXECABORT at EXEC. Nothing of it runs.
+    mutating func refusedTransaction(_ route: CommandRoute, reason: String) -> Decision {
+        if inFlight > 0 { return .wait }
+        switch route {
+        case .transaction(.exec):
+            mode = .normal
+            return .reply(RESPWriter.errorLine("EXECABORT Transaction discarded because of previous errors."), .error)
+        case .transaction(.discard):
+            mode = .normal
+            return .reply(Array("+OK\r\n".utf8), .error)
+        case .transaction(.multi):
+            return .reply(RESPWriter.errorLine("ERR MULTI calls can not be nested"), .error)
+        case .transaction(.watch):
+            return .reply(RESPWriter.errorLine("ERR WATCH inside MULTI is not allowed"), .error)
+        default:
+            return .reply(RESPWriter.errorLine("ERR respool: command not queued: the transaction could not start (\(reason))"), .error)
+        }
+    }
+
+    /// The connection the request waited for cannot be had (`message`: the error text, e.g. the pool's reason or
+    /// the wait timeout). Returns the request's error reply; a MULTI that cannot start refuses its transaction.
+    public mutating func couldNotAcquire(_ need: Need, message: String, command: SmallBytes) -> [UInt8] {
+        stall = .none
+        if case .lease = need, command == SmallBytes("multi") {
+            let reason = message.hasPrefix("ERR ") ? String(message.dropFirst(4)) : message
+            mode = .refusedTransaction(reason: reason)
+        }
+        lastCommand = command
+        // The request is answered (with this error): under CLIENT REPLY SKIP it was the one skipped.
+        let silent = replyMode != .on
+        if replyMode == .skipNext { replyMode = .on }
+        updateFastPath()
+        return silent ? [] : RESPWriter.errorLine(message)
+    }
+
+    /// Whether the client's connection state still needs its lease.
+    public var holdsState: Bool { leaseState?.holdsState ?? false }
+
+    /// Gives the lease back: clean (it rejoins the shared set) when nothing is in flight and no state is left on it,
+    /// else its connection is closed. Replies still due on it are dropped by the driver.
+    mutating func endLease() {
+        guard case .leased(let l) = mode, let h = upstream else { return }
+        outbox.append(.endLease(h, clean: !l.tainted && !l.holdsState && inFlight == 0))
+        mode = .normal
+        upstream = nil
+        multiQueued = -1
+    }
+
+    /// The leased connection is gone (its replies were answered with errors). A client that had transaction state
+    /// on it is closed after those errors, as a direct connection to a failed server would be.
+    public mutating func leaseLost() {
+        guard case .leased(let l) = mode else { return }
+        mode = .normal
+        upstream = nil
+        multiQueued = -1
+        if l.holdsState { closeAfterReplies("upstream_lost_during_transaction") }
+        updateFastPath()
+    }
+}

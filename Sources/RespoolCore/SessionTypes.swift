@@ -1,0 +1,86 @@
+// SessionTypes: what a ClientSession works with: the server's description of itself, the context its decisions
+// depend on, a decoded request, the pub/sub spaces.
+import RESP
+
+/// What the server said about itself in its HELLO reply (repeated to clients in respool's HELLO reply).
+public struct ServerInfo: Equatable, Sendable {
+    public var server = "redis"
+    public var version = "unknown"
+    public var mode = "standalone"
+    public var role = "master"
+    public var modules: RESPValue = .array([])
+
+    public init() {}
+
+    /// From the HELLO reply of a handshake (a map in RESP3, a flat array in RESP2).
+    public init?(helloReply value: RESPValue) {
+        var pairs: [RESPValue] = []
+        switch value {
+        case .map(let p): pairs = p
+        case .array(let a?): pairs = a
+        default: return nil
+        }
+        var i = 0
+        while i + 1 < pairs.count {
+            let v = pairs[i + 1]
+            switch pairs[i].string ?? "" {
+            case "server": server = v.string ?? server
+            case "version": version = v.string ?? version
+            case "mode": mode = v.string ?? mode
+            case "role": role = v.string ?? role
+            case "modules": modules = v
+            default: break
+            }
+            i += 2
+        }
+    }
+}
+
+/// What a session's decisions depend on beyond itself (configuration and what the driver knows now).
+public struct SessionContext: Sendable {
+    /// RESPOOL_CLIENT_PASSWORD (nil: clients need no AUTH).
+    public var clientPassword: [UInt8]?
+    public var databases: Int
+    public var defaultDB: Int
+    public var keysMode: KeysMode
+    /// From the first completed handshake (nil until then).
+    public var serverInfo: ServerInfo?
+    /// Whether the pub/sub hub of RESP2 / RESP3 has its subscriber connection.
+    public var subscriberReady: [Bool] = [false, false, false, false]
+
+    public init(clientPassword: [UInt8]?, databases: Int, defaultDB: Int, keysMode: KeysMode) {
+        self.clientPassword = clientPassword
+        self.databases = databases
+        self.defaultDB = defaultDB
+        self.keysMode = keysMode
+    }
+
+    public init(config: Config) {
+        self.init(clientPassword: config.clientPassword.map { Array($0.utf8) }, databases: config.databases,
+                  defaultDB: config.upstream.db, keysMode: config.keysMode)
+    }
+}
+
+/// One request, decoded (the slow path), with its route.
+public struct Request: Sendable {
+    public var route: CommandRoute
+    /// The command name, lowercased.
+    public var name: SmallBytes
+    /// The arguments, the command name first.
+    public var args: [[UInt8]]
+
+    public init(route: CommandRoute, name: SmallBytes, args: [[UInt8]]) {
+        self.route = route
+        self.name = name
+        self.args = args
+    }
+
+    public init(args: [[UInt8]]) {
+        let name = args.first.map { SmallBytes(lowercasing: $0) } ?? SmallBytes()
+        self.init(route: CommandTable.route(name), name: name, args: args)
+    }
+}
+
+public enum PubSubSpace: Int, Sendable, CaseIterable {
+    case channel = 0, pattern = 1, shard = 2
+}
