@@ -112,8 +112,10 @@ final class UpstreamLifecycleTests: IntegrationTestCase {
     func testKeepalivePingOutlivesTheServersIdleTimeout() throws {
         try requireRealRespool()
         let name = "itka\(getpid())"
+        // No advisor INFO: only the keepalive can keep respool's connections from looking idle to the server.
         try withRedisAndRespool(redisArgs: ["--timeout", "2"],
-                                env: ["RESPOOL_NAME": name, "RESPOOL_SERVER_KEEPALIVE": "0.5", "RESPOOL_MAX_SERVER_CONNECTIONS": "2"]) { redis, respool in
+                                env: ["RESPOOL_NAME": name, "RESPOOL_SERVER_KEEPALIVE": "0.5", "RESPOOL_MAX_SERVER_CONNECTIONS": "2",
+                                      "RESPOOL_ADVISOR_INTERVAL": "0"]) { redis, respool in
             let c = try respool.client()
             assertReply(try c.command("SET", "k", "v"), Reply.ok)
             let before = ids(try redis.poolConnections(name))
