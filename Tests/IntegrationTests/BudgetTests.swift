@@ -20,6 +20,15 @@ final class BudgetTests: IntegrationTestCase {
             let maxSeen = Locked(0)
             let sampler = try redis.client()
             guard case .integer(let samplerID) = try sampler.command("CLIENT", "ID") else { return XCTFail("CLIENT ID") }
+            // One lease held through the whole run (a client blocked in BLPOP): every sample, the first included,
+            // sees it beside the shared connection, however the sampling thread is scheduled.
+            let holder = try respool.client(timeout: 60)
+            try holder.sendCommand(["BLPOP", "\(p)held", "0"])
+            // Looked at through the sampler's own connection: no other connection to the server is ever opened.
+            XCTAssertTrue(try waitUntil {
+                (parseClientList(try sampler.command("CLIENT", "LIST")) ?? []).filter { $0["cmd"] == "blpop" && ($0["flags"] ?? "").contains("b") }.count == 1
+            }, "the holder is blocked on its lease")
+            let leasesBefore = try respool.metric("respool_leases_granted_total")
             let sampling = Worker {
                 while !stop.isSet {
                     guard let list = try? sampler.command("CLIENT", "LIST").string else { break }
@@ -50,6 +59,11 @@ final class BudgetTests: IntegrationTestCase {
             XCTAssertEqual(failures.count, 0, failures.summary)
             XCTAssertLessThanOrEqual(maxSeen.current, cap, "the server saw more connections than the cap")
             XCTAssertGreaterThanOrEqual(maxSeen.current, 2, "no lease beside the shared connection was ever seen")
+            // 100 BLPOPs and 100 transactions, each on a lease of its own.
+            XCTAssertGreaterThanOrEqual(try respool.metric("respool_leases_granted_total") - leasesBefore, 200, "leases granted to the load")
+            let pusher = try respool.client()
+            guard case .integer = try pusher.command("RPUSH", "\(p)held", "x") else { return XCTFail("RPUSH") }
+            assertReply(try holder.readValue(), Reply.bulks(["\(p)held", "x"]), "the holder kept its lease throughout")
         }
     }
 
@@ -78,7 +92,7 @@ final class BudgetTests: IntegrationTestCase {
             let took = monotonicNow() - t0
             XCTAssertTrue(r.isError(prefix: "ERR upstream"), show(r))
             XCTAssertLessThan(took, 3, "the connect did not time out")
-            XCTAssertTrue(respool.stdoutText.contains("connect timeout"), respool.stdoutText)
+            XCTAssertTrue(respool.waitForLog("connect timeout"), respool.stdoutText)
         }
         filler.close()
     }

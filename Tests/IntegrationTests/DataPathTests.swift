@@ -144,7 +144,7 @@ final class DataPathTests: IntegrationTestCase {
                 XCTFail("GET \(p)k_\(i) (#\(i) of \(n)): expected \"v_\(i)\", got \(show(r))")
                 break
             }
-            XCTAssertTrue(try conn.isSilent(for: 0.2), "extra bytes after the 10,000 replies")
+            assertNoStrayReplies(conn, "extra bytes after the 10,000 replies")
         }
     }
 
@@ -195,7 +195,7 @@ final class DataPathTests: IntegrationTestCase {
             for (i, (got, exp)) in zip(replies, expected).enumerated() {
                 assertReply(got, exp, "reply #\(i) of the mixed inline/multibulk write \(preview(payload, limit: 400))")
             }
-            XCTAssertTrue(try conn.isSilent(for: 0.2), "extra bytes after the expected replies")
+            assertNoStrayReplies(conn, "extra bytes after the expected replies")
         }
     }
 
@@ -261,7 +261,7 @@ final class DataPathTests: IntegrationTestCase {
             for (i, (got, exp)) in zip(replies, expected).enumerated() {
                 assertReply(got, exp, "reply #\(i) to requests sent a byte at a time")
             }
-            XCTAssertTrue(try conn.isSilent(for: 0.2), "extra bytes after the expected replies")
+            assertNoStrayReplies(conn, "extra bytes after the expected replies")
         }
     }
 
@@ -337,11 +337,11 @@ final class DataPathTests: IntegrationTestCase {
         try withRedisAndRespool { _, respool in
             let conn = try respool.client()
             try conn.send("*0\r\n\r\n\n")
-            XCTAssertTrue(try conn.isSilent(for: 0.3), "bytes arrived after empty requests alone")
+            assertNoStrayReplies(conn, "bytes arrived after empty requests alone")
             try conn.send("*0\r\n" + "\r\n" + "*1\r\n$4\r\nPING\r\n" + "*0\r\n" + "ECHO next\r\n")
             assertReply(try conn.readValue(), Reply.pong, "first reply after *0 and a blank line")
             assertReply(try conn.readValue(), Reply.bulk("next"), "reply after another *0")
-            XCTAssertTrue(try conn.isSilent(for: 0.3), "extra bytes after the expected replies")
+            assertNoStrayReplies(conn, "extra bytes after the expected replies")
         }
     }
 

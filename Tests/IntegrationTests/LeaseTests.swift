@@ -84,7 +84,7 @@ final class LeaseTests: IntegrationTestCase {
 
     /// BLPOP on many clients at once (more than can hold a lease: they queue for one) while other clients run
     /// GET/SET: no stall, no mismatch; each blocked client gets exactly one pushed element; the server never sees
-    /// more connections than the cap.
+    /// more connections than the cap. The GET/SET clients start once every blocker is blocked or queued.
     func testManyBlockedClientsBesideMultiplexedTraffic() throws {
         let poolName = "itlease\(getpid())"
         try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "6", "RESPOOL_NAME": poolName,
@@ -109,6 +109,16 @@ final class LeaseTests: IntegrationTestCase {
                     if after != Reply.bulk("after-\(t)") { failures.record("blocker \(t) after BLPOP: \(show(after))") }
                 }
             }
+            // Every blocker is either blocked on the server (on a lease) or queued in respool for one.
+            var blockedNow = 0, queuedNow = 0
+            XCTAssertTrue(try waitUntil(timeout: 30) {
+                blockedNow = try redis.blockedClients(in: "blpop").count
+                queuedNow = respool.isDirectRedis ? 0 : Int(try respool.metric("respool_wait_queue_length"))
+                return blockedNow + queuedNow == blockers || failures.count > 0
+            }, "blockers not all blocked or queued: \(blockedNow) blocked, \(queuedNow) queued")
+            if !respool.isDirectRedis {
+                XCTAssertEqual(blockedNow, 5, "cap 6: five leases (one connection always stays shared)")
+            }
             let busy = Worker {
                 runThreads(workers, timeout: 60, failures: failures) { t in
                     let c = try TestClient(endpoint, timeout: 10)
@@ -130,7 +140,6 @@ final class LeaseTests: IntegrationTestCase {
                 guard case .integer = pushed else { return XCTFail("RPUSH: \(show(pushed))") }
                 let list = try sampler.command("CLIENT", "LIST").string ?? ""
                 maxSeen = max(maxSeen, list.split(separator: "\n").filter { $0.contains("name=\(poolName):pool") }.count)
-                sleepSeconds(0.01)
             }
             XCTAssertTrue(blocked.join(timeout: 60), "blocked clients did not all get an element")
             XCTAssertEqual(failures.count, 0, failures.summary)
@@ -143,25 +152,22 @@ final class LeaseTests: IntegrationTestCase {
     /// A client blocked in BLPOP disconnects: its lease is released at once (the connection blocked on its behalf is
     /// closed), so with room for a single lease another client can block right after.
     func testBlockedClientDisconnectingReleasesItsLease() throws {
-        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "2"]) { redis, respool in
+        // B's wait for the lease is bounded by RESPOOL_WAIT_TIMEOUT: a lease still held for A makes B's BLPOP an error.
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "2", "RESPOOL_WAIT_TIMEOUT": "2"]) { redis, respool in
             let p = keyPrefix()
             let a = try respool.client()
             try a.sendCommand(["BLPOP", "\(p)never", "0"])
-            sleepSeconds(0.3)
-            let sampler = try redis.client()
-            let before = try sampler.command("CLIENT", "LIST").string ?? ""
-            XCTAssertTrue(before.contains("cmd=blpop"), "A should be blocked on the server:\n\(before)")
+            var before: [[String: String]] = []
+            XCTAssertTrue(try waitUntil { before = try redis.blockedClients(in: "blpop"); return before.count == 1 },
+                          "A should be blocked on the server: \(before)")
             a.close()
             let b = try respool.client(timeout: 5)
-            let t0 = monotonicNow()
             let r = try b.command("BLPOP", "\(p)other", "0.2")
-            XCTAssertEqual(r, .array(nil), "B's BLPOP timed out normally")
-            XCTAssertLessThan(monotonicNow() - t0, 2.0, "B waited for A's abandoned lease")
-            sleepSeconds(0.2)
-            let after = try sampler.command("CLIENT", "LIST").string ?? ""
-            XCTAssertFalse(after.contains("cmd=blpop") && after.contains("\(p)never"), "a connection still blocked for nobody")
-            XCTAssertFalse(after.split(separator: "\n").contains { $0.contains("cmd=blpop") && $0.contains("flags=b") },
-                           "a connection is still blocked:\n\(after)")
+            XCTAssertEqual(r, .array(nil), "B's BLPOP timed out normally (\(show(r)))")
+            // The connection that blocked for A is closed: the server drops it (B's own BLPOP has returned).
+            var after: [[String: String]] = []
+            XCTAssertTrue(try waitUntil { after = try redis.blockedClients(in: "blpop"); return after.isEmpty },
+                          "a connection is still blocked for nobody: \(after)")
         }
     }
 
@@ -183,11 +189,11 @@ final class LeaseTests: IntegrationTestCase {
     /// All leasable connections taken: the next client waits RESPOOL_WAIT_TIMEOUT, then gets an error naming the
     /// cap, keeps its connection, and the commands it pipelined after the waiting one are answered in order.
     func testWaitForALeaseTimesOut() throws {
-        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "2", "RESPOOL_WAIT_TIMEOUT": "0.5"]) { _, respool in
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "2", "RESPOOL_WAIT_TIMEOUT": "0.5"]) { redis, respool in
             let p = keyPrefix()
             let a = try respool.client()
             try a.sendCommand(["BLPOP", "\(p)a", "0"])
-            sleepSeconds(0.2)
+            XCTAssertTrue(try waitUntil { try redis.blockedClients(in: "blpop").count == 1 }, "A holds the only lease, blocked")
             let b = try respool.client()
             let t0 = monotonicNow()
             let r = try b.pipeline([["SET", "\(p)x", "1"], ["BLPOP", "\(p)b", "0"], ["GET", "\(p)x"]])
@@ -263,12 +269,13 @@ final class LeaseTests: IntegrationTestCase {
     /// XREAD with BLOCK runs on a lease and is woken by an XADD from another client; XREAD without BLOCK stays
     /// multiplexed.
     func testXreadBlockIsWokenByAnotherClient() throws {
-        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "3"]) { _, respool in
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "3"]) { redis, respool in
             let p = keyPrefix()
             let reader = try respool.client(timeout: 10)
             let writer = try respool.client()
             try reader.sendCommand(["XREAD", "BLOCK", "0", "STREAMS", "\(p)s", "$"])
-            sleepSeconds(0.2)
+            // "$" means entries added after the XREAD runs: the XADD goes once the reader is blocked on the server.
+            XCTAssertTrue(try waitUntil { try redis.blockedClients(in: "xread").count == 1 }, "the reader is blocked in XREAD")
             assertReply(try writer.command("XADD", "\(p)s", "5-1", "f", "v"), Reply.bulk("5-1"), "XADD")
             let r = try reader.readValue()
             let expected = RESPValue.array([.array([Reply.bulk("\(p)s"), .array([.array([Reply.bulk("5-1"), Reply.bulks(["f", "v"])])])])])

@@ -267,7 +267,7 @@ final class LocalCommandTests: IntegrationTestCase {
                 assertReply(replies[2], Reply.bulk("v\(i)"), "GET after \(command) in the same pipeline")
                 assertReply(try conn.command("ECHO", "alive \(i)"), Reply.bulk("alive \(i)"), "ECHO after \(command)")
             }
-            XCTAssertTrue(try conn.isSilent(for: 0.3), "unexpected bytes (a subscription or MONITOR feed?)")
+            assertNoStrayReplies(conn, "unexpected bytes (a subscription or MONITOR feed?)")
         }
     }
 

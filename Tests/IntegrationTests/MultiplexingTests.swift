@@ -17,8 +17,13 @@ final class MultiplexingTests: IntegrationTestCase {
             let value = rng.bytes(10 << 20)
             let request = RESPWriter.command([Array("SET".utf8), Array("\(p)a".utf8), value])
             let half = request.count / 2
+            let readBefore = respool.isDirectRedis ? 0 : try respool.metric("respool_bytes_total", "from_clients")
             try a.send(Array(request[0..<half]))
-            sleepSeconds(0.2)
+            // Respool holds A's half request (it has read every byte of it) when B's commands come.
+            if !respool.isDirectRedis {
+                XCTAssertTrue(try waitUntil { try respool.metric("respool_bytes_total", "from_clients") >= readBefore + Double(half) },
+                              "respool read A's half request")
+            }
             for i in 0..<5 {
                 let t0 = monotonicNow()
                 let r = try b.command("ECHO", "b\(i)")
@@ -44,8 +49,17 @@ final class MultiplexingTests: IntegrationTestCase {
             let gets = 8
             var payload: [UInt8] = []
             for _ in 0..<gets { payload += RESPWriter.command(["GET", "\(p)big"]) }
+            guard case .integer(let aID) = try a.command("CLIENT", "ID") else { return XCTFail("CLIENT ID") }
             try a.send(payload)   // 32 MB of replies that A does not read yet
-            sleepSeconds(0.3)
+            // Every reply has come back from the server and respool holds at least one whole 4 MB reply that A has not
+            // read when B's commands come.
+            if !respool.isDirectRedis {
+                var info: [String: Any]? = nil
+                XCTAssertTrue(try waitUntil {
+                    info = try respool.clientInfo(id: aID)
+                    return (info?["in_flight"] as? NSNumber)?.intValue == 0 && ((info?["output_bytes"] as? NSNumber)?.intValue ?? 0) >= 4 << 20
+                }, "A's replies pile up in respool: \(info ?? [:])")
+            }
             for i in 0..<5 {
                 let t0 = monotonicNow()
                 assertReply(try b.command("ECHO", "b\(i)"), Reply.bulk("b\(i)"), "B's ECHO while A does not read")
@@ -107,19 +121,15 @@ final class MultiplexingTests: IntegrationTestCase {
         try requireRealRespool()
         try withRedisAndRespool(env: ["RESPOOL_MAX_CLIENTS": "5"]) { _, respool in
             for round in 0..<3 {
+                // The closes of the round before have been processed: every slot is free again.
+                var open = -1.0
+                XCTAssertTrue(try waitUntil { open = try respool.metric("respool_clients"); return open == 0 },
+                              "round \(round): \(open) clients still counted open")
                 var clients: [TestClient] = []
-                let deadline = Deadline(3)
-                while clients.count < 5 {
+                for i in 0..<5 {
                     let c = try respool.client(timeout: 5)
-                    try c.sendCommand(["ECHO", "r\(round)"])
-                    let v = try c.readValue()
-                    if v == Reply.bulk("r\(round)") {
-                        clients.append(c)
-                    } else if deadline.expired {
-                        return XCTFail("round \(round): only \(clients.count) of 5 clients admitted within 3s; last reply \(show(v))")
-                    } else {
-                        sleepSeconds(0.05)
-                    }
+                    assertReply(try c.command("ECHO", "r\(round)"), Reply.bulk("r\(round)"), "round \(round) client \(i) admitted")
+                    clients.append(c)
                 }
                 for i in 0..<10 {
                     let extra = try respool.client(timeout: 5)

@@ -57,8 +57,9 @@ final class StatsEndpointTests: IntegrationTestCase {
             for i in 0..<50 { assertReply(try c.command("SET", "k\(i)", "v"), Reply.ok) }
             assertReply(try c.command("MULTI"), Reply.ok)
             assertReply(try c.command("EXEC"), .array([]))
-            // A blocking command's wait (on a lease) is not an upstream round trip: no sample reaches 0.25 s.
-            assertReply(try c.command("BLPOP", "stats:nothing", "0.4"), .array(nil))
+            // A blocking command's wait (on a lease) is neither sampled nor an upstream round trip: no sample reaches
+            // 1 s, the BLPOP's 1.2 s wait would (a plain command is not held up for a second, however busy the machine).
+            assertReply(try c.command("BLPOP", "stats:nothing", "1.2"), .array(nil))
             let (_, text1) = try get(port, "/metrics")
             XCTAssertTrue(text1.contains("# TYPE respool_commands_total counter"), text1)
             let after = try parsePrometheus(text1)
@@ -75,15 +76,15 @@ final class StatsEndpointTests: IntegrationTestCase {
             let sampled = after["respool_command_duration_seconds_count{}"] ?? 0
             XCTAssertGreaterThanOrEqual(sampled, 3, "1 in 16 of 50 multiplexed commands sampled")
             XCTAssertEqual(after["respool_command_duration_seconds_bucket{le=+Inf}"], sampled)
-            XCTAssertEqual(after["respool_command_duration_seconds_bucket{le=0.25}"], sampled, "the BLPOP's wait was not sampled")
+            XCTAssertEqual(after["respool_command_duration_seconds_bucket{le=1.0}"], sampled, "the BLPOP's wait was not sampled")
             XCTAssertGreaterThan(after["respool_command_duration_seconds_sum{}"] ?? 0, 0)
             // One request at a time: every SET's round trip is timed (not MULTI and EXEC: on a lease).
             let trips = (after["respool_upstream_round_trip_seconds_count{}"] ?? 0) - (before["respool_upstream_round_trip_seconds_count{}"] ?? 0)
             XCTAssertGreaterThanOrEqual(trips, 50, "round trips timed")
             XCTAssertLessThanOrEqual(trips, 55, "at most one probe per request, none on the lease")
             XCTAssertEqual(after["respool_upstream_round_trip_seconds_bucket{le=+Inf}"], after["respool_upstream_round_trip_seconds_count{}"])
-            XCTAssertEqual(after["respool_upstream_round_trip_seconds_bucket{le=0.25}"], after["respool_upstream_round_trip_seconds_count{}"],
-                           "the BLPOP's 0.4 s wait was not taken for a round trip")
+            XCTAssertEqual(after["respool_upstream_round_trip_seconds_bucket{le=1.0}"], after["respool_upstream_round_trip_seconds_count{}"],
+                           "the BLPOP's 1.2 s wait was not taken for a round trip")
             for path in ["/metrics", "/stats", "/clients", "/upstreams", "/healthz"] {
                 let (_, body) = try get(port, path)
                 XCTAssertFalse(body.contains(secret), "the upstream password appeared in \(path)")
@@ -137,25 +138,26 @@ final class StatsEndpointTests: IntegrationTestCase {
     }
 
     /// A /healthz probe waiting for its PING when SIGTERM arrives is answered at once (503, shutting down) and that
-    /// answer is written before respool exits: the server is held by DEBUG SLEEP 3, and the shutdown timeout (1 s)
-    /// ends the loop before the probe's own 2 s PING timeout.
+    /// answer is written before respool exits: the server is stopped (SIGSTOP) with a command in flight, and the
+    /// shutdown timeout (1 s) ends the loop. SIGTERM is sent as soon as the probe's PING is seen in flight, well
+    /// within the probe's own 2 s PING timeout.
     func testPendingHealthProbeIsAnsweredAtExit() throws {
         try requireRealRespool()
-        try withRedisAndRespool(redisArgs: ["--enable-debug-command", "yes"], env: ["RESPOOL_SHUTDOWN_TIMEOUT": "1"]) { _, respool in
+        // No advisor INFO: the only requests upstream are the test's and the probe's.
+        try withRedisAndRespool(env: ["RESPOOL_SHUTDOWN_TIMEOUT": "1", "RESPOOL_ADVISOR_INTERVAL": "0"]) { redis, respool in
             guard let port = statsPort(respool) else { return XCTFail("no stats port") }
             var status = 0
-            for _ in 0..<100 {
-                status = try get(port, "/healthz").0
-                if status == 200 { break }
-                sleepSeconds(0.05)
-            }
-            XCTAssertEqual(status, 200, "healthz after start-up")
+            XCTAssertTrue(try waitUntil { status = try get(port, "/healthz").0; return status == 200 }, "healthz after start-up: \(status)")
             let c = try respool.client()
-            try c.sendCommand(["DEBUG", "SLEEP", "3"])
-            sleepSeconds(0.2)
+            assertReply(try c.command("PING"), Reply.pong)
+            redis.pause()
+            defer { redis.resume() }
+            try c.sendCommand(["GET", "held"])
+            XCTAssertTrue(try waitUntil { try respool.upstreamPending() == 1 }, "the GET is in flight")
             let probe = try TestClient(.loopback(port), timeout: 10)
             try probe.send("GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            sleepSeconds(0.2)
+            // The probe is pending: its PING is in flight behind the GET.
+            XCTAssertTrue(try waitUntil { try respool.upstreamPending() == 2 }, "the probe's PING is in flight")
             respool.signal(SIGTERM)
             let text = String(decoding: probe.readToEnd(), as: UTF8.self)
             XCTAssertTrue(text.contains(" 503 "), text)
@@ -188,11 +190,7 @@ final class StatsEndpointTests: IntegrationTestCase {
             guard let port = statsPort(respool) else { return XCTFail("no stats port") }
             var status = 0, body = ""
             // The first upstream connection may still be connecting right after start-up.
-            for _ in 0..<100 {
-                (status, body) = try get(port, "/healthz")
-                if status == 200 { break }
-                sleepSeconds(0.05)
-            }
+            try waitUntil { (status, body) = try get(port, "/healthz"); return status == 200 }
             XCTAssertEqual(status, 200, "healthz after start-up: \(body)")
             // A hung server keeps its connections open: only the PING tells.
             redis.pause()
@@ -207,19 +205,12 @@ final class StatsEndpointTests: IntegrationTestCase {
             (status, body) = try get(port, "/healthz")
             XCTAssertEqual(status, 200, "healthz after the server resumed: \(body)")
             redis.stop()
-            for _ in 0..<100 {
-                (status, body) = try get(port, "/healthz")
-                if status == 503 { break }
-                sleepSeconds(0.05)
-            }
+            try waitUntil { (status, body) = try get(port, "/healthz"); return status == 503 }
             XCTAssertEqual(status, 503, "healthz with the upstream stopped: \(body)")
             XCTAssertTrue(body.contains("no ready upstream connection"), body)
             try redis.restart()
-            for _ in 0..<200 {
-                (status, body) = try get(port, "/healthz")
-                if status == 200 { break }
-                sleepSeconds(0.05)
-            }
+            // Generous: the backoff between connect attempts grows to 5 s while the server is away.
+            try waitUntil(timeout: 20, interval: 0.05) { (status, body) = try get(port, "/healthz"); return status == 200 }
             XCTAssertEqual(status, 200, "healthz after the upstream came back: \(body)")
         }
     }
@@ -240,10 +231,9 @@ final class StatsEndpointTests: IntegrationTestCase {
             }
             XCTAssertGreaterThan(oom, 0, "the server never refused a write")
             var out = ""
-            for _ in 0..<100 {
+            waitUntil(interval: 0.05) {
                 out = respool.stdoutText
-                if out.contains("advice=noeviction_near_maxmemory") && out.contains("advice=oom_errors") { break }
-                sleepSeconds(0.1)
+                return out.contains("advice=noeviction_near_maxmemory") && out.contains("advice=oom_errors")
             }
             XCTAssertTrue(out.contains("advice=noeviction_near_maxmemory"), out)
             XCTAssertTrue(out.contains("advice=oom_errors"), out)

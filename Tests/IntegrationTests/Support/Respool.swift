@@ -148,15 +148,20 @@ final class Respool: @unchecked Sendable {
 
     func waitForExit(timeout: Double) -> ExitStatus? { process?.wait(timeout: timeout) }
 
-    /// Sends SIGUSR1 and returns the `msg=stats` line respool logs in answer (empty if none came within 2 s).
+    /// Sends SIGUSR1 and returns the `msg=stats` line respool logs in answer (empty if none came within 20 s). Only a
+    /// line logged after the signal counts: the counters' line (it has upstream_connects=, the periodic one does not)
+    /// beyond those already in the output.
     func statsLine() -> String {
-        guard let pid = process?.pid else { return "" }
+        guard let pid = process?.pid, let out = stdout else { return "" }
+        func isCounters(_ line: String) -> Bool { line.contains("msg=stats") && line.contains(" upstream_connects=") }
+        let seen = out.lines.filter(isCounters).count
         _ = Glibc.kill(pid, SIGUSR1)
-        for _ in 0..<100 {
-            if let line = stdoutText.split(separator: "\n").last(where: { $0.contains("msg=stats") }) { return String(line) }
-            usleep(20_000)
-        }
-        return ""
+        var index = 0
+        return out.waitForLine(timeout: 20) { line in
+            guard isCounters(line) else { return false }
+            index += 1
+            return index > seen
+        } ?? ""
     }
 
     func client(timeout: Double = 10) throws -> TestClient { try TestClient(endpoint, timeout: timeout) }
