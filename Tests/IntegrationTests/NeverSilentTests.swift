@@ -7,30 +7,6 @@ import RESP
 import XCTest
 
 final class NeverSilentTests: IntegrationTestCase {
-    /// /stats's metrics object.
-    private func metrics(_ respool: Respool) throws -> [String: Any] {
-        guard let port = respool.statsPort else { throw TestClientError.io("no stats= in the start-up line") }
-        let (status, body) = try httpGet(port, "/stats")
-        guard status == 200, let doc = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
-              let m = doc["metrics"] as? [String: Any] else { throw TestClientError.io("/stats: \(status) \(body.prefix(200))") }
-        return m
-    }
-
-    private func metric(_ respool: Respool, _ name: String) throws -> Int {
-        guard let v = try metrics(respool)[name] as? NSNumber else { throw TestClientError.io("/stats has no \(name)") }
-        return v.intValue
-    }
-
-    /// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
-    private func eventually(timeout: Double = 10, _ condition: () throws -> Bool) rethrows -> Bool {
-        let deadline = Deadline(timeout)
-        while !deadline.expired {
-            if try condition() { return true }
-            usleep(20_000)
-        }
-        return try condition()
-    }
-
     // MARK: 1. pub/sub errors from the server
 
     /// An upstream user without channel permissions: the server refuses the subscriber connection's SUBSCRIBE. Each
@@ -154,6 +130,8 @@ final class NeverSilentTests: IntegrationTestCase {
     func testErrorsAreOneLineAsRedisWritesThem() throws {
         try requireRealRespool()
         try withRedisAndRespool { redis, respool in
+            // Which commands exist is the server's answer to COMMAND, asked for once its first connection is ready.
+            XCTAssertTrue(respool.waitForLog("command table learned from the server"))
             try assertSameReplies(direct: redis.client(), proxied: respool.client(),
                                   [["SUBSCRIBE", "a"], ["GE\r\n+OK"], ["GET", "x\r\n+OK"], ["NO\r\nSUCH", "arg\r\n1", "arg2"], ["PING"]],
                                   "RESP2 subscribed mode")
@@ -210,7 +188,7 @@ final class NeverSilentTests: IntegrationTestCase {
             assertReply(try idle.command("PING"), Reply.pong)
             let linesBefore = respool.stdoutText.components(separatedBy: "msg=stats").count
             try "+3600\n".write(toFile: clockFile, atomically: true, encoding: .utf8)
-            XCTAssertTrue(eventually(timeout: 20) { respool.stdoutText.components(separatedBy: "msg=stats").count >= linesBefore + 7 },
+            XCTAssertTrue(waitUntil(timeout: 20) { respool.stdoutText.components(separatedBy: "msg=stats").count >= linesBefore + 7 },
                           "seven stats lines after the step")
             XCTAssertFalse(respool.stdoutText.contains("reason=idle_timeout"), respool.stdoutText)
             assertReply(try idle.command("PING"), Reply.pong, "the idle client is still connected")
@@ -227,19 +205,19 @@ final class NeverSilentTests: IntegrationTestCase {
             try withRespool(upstream: redis, env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "2"], fileLimit: 48) { respool in
                 let ping = try respool.client()
                 assertReply(try ping.command("PING"), Reply.pong)
-                let baseline = try metric(respool, "respool_event_loop_events")
+                let baseline = try respool.metric("respool_event_loop_events")
                 var clients: [TestClient] = []
                 for _ in 0..<80 { clients.append(try TestClient(respool.endpoint, timeout: 10)) }
-                XCTAssertTrue(eventually { respool.stdoutText.components(separatedBy: "msg=\"accept failed\"").count > 3 },
+                XCTAssertTrue(waitUntil { respool.stdoutText.components(separatedBy: "msg=\"accept failed\"").count > 3 },
                               "accept failed several times:\n\(respool.stdoutText.suffix(2000))")
                 for c in clients { c.close() }
                 // Every connection of the backlog is accepted once descriptors are free again, then seen closed (the
                 // stats endpoint itself needs a descriptor: it is asked only now).
-                XCTAssertTrue(eventually(timeout: 20) {
-                    (try? metric(respool, "respool_clients_accepted_total")) == 81 && (try? metric(respool, "respool_clients")) == 1
-                }, "all 81 clients accepted and all but one gone: \(String(describing: try? metrics(respool)))")
+                XCTAssertTrue(waitUntil(timeout: 20) {
+                    (try? respool.metric("respool_clients_accepted_total")) == 81 && (try? respool.metric("respool_clients")) == 1
+                }, "all 81 clients accepted and all but one gone: \(String(describing: try? respool.metrics()))")
                 assertReply(try ping.command("PING"), Reply.pong)
-                XCTAssertEqual(try metric(respool, "respool_event_loop_events"), baseline, "events allocated by the loop, back to the baseline")
+                XCTAssertEqual(try respool.metric("respool_event_loop_events"), baseline, "events allocated by the loop, back to the baseline")
             }
         }
     }
@@ -253,7 +231,7 @@ final class NeverSilentTests: IntegrationTestCase {
         try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "8", "RESPOOL_NAME": "itfill\(getpid())"]) { redis, respool in
             let warm = try respool.client()
             assertReply(try warm.command("PING"), Reply.pong)
-            let connects = try metric(respool, "respool_upstream_connects_total")
+            let connects = try respool.metric("respool_upstream_connects_total")
             let admin = try redis.client()
             let pool = try redis.poolConnections("itfill\(getpid())")
             XCTAssertEqual(pool.count, 1, "\(pool)")
@@ -262,11 +240,11 @@ final class NeverSilentTests: IntegrationTestCase {
             // for its HELLO until the pause ends.
             let r = try admin.pipeline([["MULTI"], ["CLIENT", "PAUSE", "3000", "ALL"], ["CLIENT", "KILL", "ID", String(id)], ["EXEC"]])
             XCTAssertEqual(r.last, .array([Reply.ok, Reply.int(1)]), r.map { show($0) }.joined(separator: " "))
-            XCTAssertTrue(try eventually { try metric(respool, "respool_upstream_connects_total") == connects + 1 }, "reconnected")
+            XCTAssertTrue(try waitUntil { try respool.metric("respool_upstream_connects_total") == connects + 1 }, "reconnected")
             let clients = try (0..<20).map { _ in try respool.client() }
             for (k, c) in clients.enumerated() { try c.sendCommand(["ECHO", "c\(k)"]) }
             for (k, c) in clients.enumerated() { assertReply(try c.readValue(), Reply.bulk("c\(k)"), "client \(k)") }
-            XCTAssertEqual(try metric(respool, "respool_upstream_connects_total"), connects + 1, "no connection opened beside the one connecting")
+            XCTAssertEqual(try respool.metric("respool_upstream_connects_total"), connects + 1, "no connection opened beside the one connecting")
         }
     }
 
