@@ -4,7 +4,7 @@ import PackageDescription
 // One settings array for every target: Swift 6 language mode (the tools version's default) and warnings kept at zero.
 let common: [SwiftSetting] = []
 // The data path (RespoolCore's rings, EventLoop, Respool) runs single-threaded on one event loop: dynamic exclusivity
-// checks cost ~20% of its instructions (shared/design.md) and buy nothing there.
+// checks cost ~20% of its instructions (docs/ARCHITECTURE.md, "Measured facts") and buy nothing there.
 let hot: [SwiftSetting] = common + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]
 
 let package = Package(

@@ -80,8 +80,9 @@ func timevalFrom(seconds: Double) -> timeval {
     return timeval(tv_sec: Int(whole), tv_usec: Int((s - whole) * 1_000_000))
 }
 
-/// Sets the glibc malloc trim and mmap thresholds together (shared/design.md: setting only the trim threshold makes every
-/// large evbuffer chain an mmap/munmap pair; leaving both dynamic makes the heap trim every few requests).
+/// Sets the glibc malloc trim and mmap thresholds together (docs/ARCHITECTURE.md, "Measured facts": setting only the
+/// trim threshold makes every large evbuffer chain an mmap/munmap pair; leaving both dynamic makes the heap trim every
+/// few requests).
 public func tuneMalloc(trimThreshold: Int32 = 64 << 20, mmapThreshold: Int32 = 32 << 20) {
     _ = respool_mallopt_thresholds(trimThreshold, mmapThreshold)
 }

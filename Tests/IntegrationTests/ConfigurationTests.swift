@@ -133,6 +133,34 @@ final class ConfigurationTests: IntegrationTestCase {
         }
     }
 
+    /// The flags come from the one option table: --help lists every setting with its variable, both spellings work,
+    /// and an unknown flag or a flag without its value is one line naming it, exit 2.
+    func testFlagsComeFromTheOptionTable() throws {
+        try requireRealRespool()
+        let help = try Respool.runToExit(env: [:], arguments: ["--help"])
+        XCTAssertEqual(help.status, .exited(0))
+        let helpText = help.stdout.split(whereSeparator: { $0 == " " || $0 == "\n" }).joined(separator: " ")
+        for variable in ["RESPOOL_URL", "RESPOOL_MAX_SERVER_CONNECTIONS", "RESPOOL_KEYS", "RESPOOL_TLS_SERVER_NAME", "RESPOOL_MAX_MULTIBULK_LENGTH"] {
+            XCTAssertTrue(helpText.contains("[env: \(variable)]"), "--help lists \(variable):\n\(help.stdout)")
+        }
+        // Each flag is its variable's name: --max-server-connections is RESPOOL_MAX_SERVER_CONNECTIONS.
+        let entries = help.stdout.components(separatedBy: "\n  --").dropFirst()
+        XCTAssertGreaterThanOrEqual(entries.count, 40)
+        for entry in entries {
+            let flag = String(entry.prefix { $0 != " " })
+            let variable = "RESPOOL_" + flag.uppercased().replacingOccurrences(of: "-", with: "_")
+            let text = entry.split(whereSeparator: { $0 == " " || $0 == "\n" }).joined(separator: " ")
+            XCTAssertTrue(text.contains("[env: \(variable)]"), "--\(flag): \(entry)")
+        }
+        for (args, message) in [(["--nope", "1"], "unknown option '--nope'"), (["--port"], "missing value for '--port'"),
+                                (["--port=abc"], "RESPOOL_PORT: must be an integer"), (["stray"], "unexpected argument 'stray'")] {
+            let run = try Respool.runToExit(env: [:], arguments: args)
+            XCTAssertEqual(run.status, .exited(2), "\(args)")
+            XCTAssertEqual(run.stderr.split(separator: "\n").count, 1, "one line: \(run.stderr)")
+            XCTAssertTrue(run.stderr.contains(message), "\(args): \(run.stderr)")
+        }
+    }
+
     /// RESPOOL_SOCKET: a unix socket listener beside TCP.
     func testUnixSocketListener() throws {
         try requireRealRespool()
