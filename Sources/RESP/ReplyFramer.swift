@@ -6,8 +6,9 @@
 // ends with `remaining == 0`. Nothing here depends on how deep aggregates nest, so any depth the server sends is
 // followed (a Lua script can return thousands of nested arrays): the server is not the adversary, and a reply framed
 // wrongly would cost every command in flight on its connection.
-// The reply's kind is the type of the first header read while `remaining` is 1: headers inside a leading attribute
-// are read with at least 2 (the attribute's element and the value it annotates), so that is the annotated value.
+// The reply's kind is the type of its first header; after a leading attribute, of the first header read while
+// `remaining` is 1 again: headers inside the attribute are read with at least 2 (the attribute's element and the
+// value it annotates), so that is the annotated value.
 
 /// Resumable framer for server replies: RESP2 and RESP3 (+ - : $ * _ # , ( ! = % ~ > |), no stack, no depth limit.
 public struct ReplyFramer: Sendable {
@@ -28,7 +29,7 @@ public struct ReplyFramer: Sendable {
     @usableFromInline var remaining = 1              // values still expected in this reply
     @usableFromInline var type: UInt8 = 0            // type byte of the value being read
     @usableFromInline var topKind: UInt8 = 0
-    @usableFromInline var kindPending = true         // the reply's own type byte is still to come
+    @usableFromInline var kindPending = false        // a leading attribute was read: the reply's kind is still to come
     @usableFromInline var inFrame = false            // a reply has started (even if only its attribute so far)
     @usableFromInline var lineLength = 0
     @usableFromInline var number = IntegerScanner()
@@ -77,14 +78,18 @@ public struct ReplyFramer: Sendable {
                     return fail(.unexpectedReplyType, byte: c)
                 }
                 type = c
-                inFrame = true
                 if c != UInt8(ascii: "|") {              // an attribute is not counted and is not the reply's kind
-                    if kindPending && remaining == 1 {
-                        topKind = c
+                    if !inFrame {
+                        topKind = c                      // the reply's first header: its kind (the usual case)
+                    } else if kindPending && remaining == 1 {
+                        topKind = c                      // the value a leading attribute annotates
                         kindPending = false
                     }
                     remaining &-= 1
+                } else if !inFrame {
+                    kindPending = true                   // a leading attribute: the kind comes after it
                 }
+                inFrame = true
                 if isLine {
                     lineLength = 0
                     phase = .line
@@ -225,7 +230,7 @@ public struct ReplyFramer: Sendable {
         if remaining == 0 {
             remaining = 1
             inFrame = false
-            kindPending = true
+            kindPending = false
             return .frame(end: end)
         }
         return nil

@@ -24,11 +24,9 @@ extension ClientConnection {
                 case true?: continue
                 case false?: return true
                 case nil:
-                    pendingName = r.name
                     return false
                 }
             case .wait:
-                pendingName = r.name
                 return false
             case .reply(let bytes, let kind):
                 switch kind {
@@ -58,7 +56,7 @@ extension ClientConnection {
                 keysSeen(forwarded: false)
                 var job = KeysScan(pattern: pattern, silent: silent)
                 let first = job.command(cursor: Array("0".utf8))
-                scan = job
+                scan = ScanBox(job)
                 Pool.connection(session.upstream!)._withUnsafeGuaranteedRef { $0.sendScan(first, for: self) }
                 return true
             case .clientCommand(let silent):
@@ -166,18 +164,17 @@ extension ClientConnection {
 
     /// One SCAN reply: go on with the cursor, or answer the KEYS when it is back at 0.
     func scanStep(_ bytes: [UInt8], on u: UpstreamConnection) {
-        guard var job = scan, !isClosed else {
+        guard let box = scan, !isClosed else {
             scanEnded()
             replyDelivered()
             return
         }
-        switch job.step(bytes, proto: session.proto) {
+        switch box.job.step(bytes, proto: session.proto) {
         case .next(let cursor):
-            let command = job.command(cursor: cursor)
-            scan = job
-            u.sendScan(command, for: self)
+            u.sendScan(box.job.command(cursor: cursor), for: self)
         case .done(let reply):
             scanEnded()
+            let job = box.job
             if !job.silent {
                 out.append(reply)
                 markDirty()

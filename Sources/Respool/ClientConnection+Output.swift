@@ -69,16 +69,16 @@ extension ClientConnection {
         let n = out.count
         let config = proxy.config
         if n <= config.outputSoftLimit {
-            softLimitSince = nil
+            softLimitSince = 0
             return
         }
         let now = proxy.base.now()
-        if n > config.outputHardLimit || (softLimitSince.map { now - $0 >= config.outputSoftSeconds } ?? false) {
+        if n > config.outputHardLimit || (softLimitSince > 0 && now - softLimitSince >= config.outputSoftSeconds) {
             doomed = true
             proxy.stats[.outputLimitCloses] &+= 1
             proxy.logger.warning("client closed", metadata: ["client.id": "\(id)", "reason": "output_limit", "pending_bytes": "\(n)"])
             proxy.scheduleClose(self, reason: "output_limit")
-        } else if softLimitSince == nil {
+        } else if softLimitSince == 0 {
             softLimitSince = now
         }
     }
@@ -117,7 +117,7 @@ extension ClientConnection {
 
     /// All output was written: a closing client with nothing left in flight is closed (after its last reply).
     func outputDrained() {
-        softLimitSince = nil
+        softLimitSince = 0
         guard case .closing(let reason, _) = session.lifecycle, session.inFlight == 0 else { return }
         if let last = session.takeLastReply() {
             out.append(last)

@@ -8,6 +8,12 @@ import Logging
 import RESP
 import RespoolCore
 
+/// A KEYS-by-SCAN job, out of line (`ClientConnection.scan`).
+final class ScanBox {
+    var job: KeysScan
+    init(_ job: KeysScan) { self.job = job }
+}
+
 final class ClientConnection: Connection {
     let id: Int
     let isUnix: Bool
@@ -17,22 +23,21 @@ final class ClientConnection: Connection {
     /// Bytes of a request that has not fully arrived, or, while stalled, the stalled request and everything after it.
     var partial = LazyByteChain()
     var session: ClientSession
-    /// The stalled request: its head, its name (decoded for an inline request) and its length within `partial`.
+    /// The stalled request: its head and its length within `partial`.
     var pendingHead = CommandHead()
-    var pendingName = SmallBytes()
     var pendingLength = 0
     /// Reading stopped because RESPOOL_MAX_PIPELINE commands are unanswered.
     var pipelineThrottled = false
     /// Over the output limit: closed after this iteration, nothing more is queued for it.
     var doomed = false
-    /// Since when the output has been above the soft limit.
-    var softLimitSince: Double?
-    /// When this client began waiting for the pool (nil when it is not waiting).
-    var waitStart: Double?
+    /// Since when the output has been above the soft limit (0: it is not).
+    var softLimitSince = 0.0
+    /// When this client began waiting for the pool (0: it is not waiting).
+    var waitStart = 0.0
     /// The pool gave up on what the stalled request waits for: it is answered with this on resume.
     var waitFailure: PoolState.Failure?
-    /// A KEYS being answered by SCAN steps (RESPOOL_KEYS=scan).
-    var scan: KeysScan?
+    /// A KEYS being answered by SCAN steps (RESPOOL_KEYS=scan), boxed: most clients never have one.
+    var scan: ScanBox?
     /// While a CLIENT LIST/KILL/INFO runs under CLIENT REPLY OFF/SKIP: its reply is dropped.
     var replySilenced = false
     /// Links of the janitor's activity list.
@@ -122,15 +127,16 @@ final class ClientConnection: Connection {
                     continue
                 }
                 if session.fastPath, !head.isInline, CommandTable.route(head.name) == .forward {
-                    if session.upstream == nil {
+                    var pinned = session.upstream
+                    if pinned == nil {
                         switch proxy.pool.acquire(client: id, proto: session.proto, db: session.db) {
                         case .use(let h):
                             session.pinned(h)
+                            pinned = h
                         case .wait:
                             // Stall this request and everything after it until the pool has a connection.
                             flushRun()
                             session.waitFor(.shared(proto: session.proto, db: session.db))
-                            pendingName = head.name
                             stallInput(head: head, bytes: base + fs, count: n - fs, frameLength: prefix + end - fs)
                             return
                         case .fail(let why):
@@ -143,10 +149,11 @@ final class ClientConnection: Connection {
                             preconditionFailure("Pool.acquire answered .open")
                         }
                     }
+                    let target = Pool.connection(pinned.unsafelyUnwrapped)
                     if prefix > 0 {
                         flushRun()
                         let frameBytes = base + fs
-                        Pool.connection(session.upstream!)._withUnsafeGuaranteedRef {
+                        target._withUnsafeGuaranteedRef {
                             $0.out.appendAll(of: partial)
                             $0.out.append(frameBytes, count: end - fs)
                             $0.markDirty()
@@ -157,7 +164,7 @@ final class ClientConnection: Connection {
                         runStart = fs
                         runEnd = end
                     }
-                    Pool.connection(session.upstream!)._withUnsafeGuaranteedRef { $0.enqueue(client: self) }
+                    target._withUnsafeGuaranteedRef { $0.enqueue(client: self) }
                     session.forwardedFast()
                     proxy.stats[.commandsForwarded] &+= 1
                     continue
@@ -192,7 +199,7 @@ final class ClientConnection: Connection {
         partial.append(bytes, count: count)
         pendingHead = head
         pendingLength = frameLength
-        if case .pool = session.stall, waitStart == nil { waitStart = proxy.base.now() }
+        if case .pool = session.stall, waitStart == 0 { waitStart = proxy.base.now() }
         disableReading()
     }
 
@@ -206,14 +213,14 @@ final class ClientConnection: Connection {
             let frame = UnsafeRawBufferPointer(rebasing: all[0..<pendingLength])
             if let failure = waitFailure {
                 waitFailure = nil
-                answerWaitFailure(failure)
+                answerWaitFailure(failure, frame: frame)
             } else if !handleSlow(head: pendingHead, frame: frame) {
                 partial.append(all.baseAddress!, count: all.count)
                 return
             }
-            if let started = waitStart {
-                proxy.waitDurations.record(proxy.base.now() - started)
-                waitStart = nil
+            if waitStart > 0 {
+                proxy.waitDurations.record(proxy.base.now() - waitStart)
+                waitStart = 0
             }
             if isClosed || session.isClosing { return }
             if all.count > pendingLength {
@@ -232,8 +239,9 @@ final class ClientConnection: Connection {
         proxy.scheduleResume(self)
     }
 
-    /// Answers the stalled request with the pool's failure (nothing of this client is in flight, so the order holds).
-    private func answerWaitFailure(_ failure: PoolState.Failure) {
+    /// Answers the stalled request (`frame`) with the pool's failure (nothing of this client is in flight, so the
+    /// order holds).
+    private func answerWaitFailure(_ failure: PoolState.Failure, frame: UnsafeRawBufferPointer) {
         guard case .pool(let need) = session.stall else { return }
         let message: String
         switch failure {
@@ -246,7 +254,9 @@ final class ClientConnection: Connection {
             message = text
             proxy.stats[.commandsFailed] &+= 1
         }
-        let bytes = session.couldNotAcquire(need, message: message, command: pendingName)
+        var name = pendingHead.name
+        if pendingHead.isInline, let first = (try? InlineCommand.split(frame))?.first { name = SmallBytes(lowercasing: first) }
+        let bytes = session.couldNotAcquire(need, message: message, command: name)
         if !bytes.isEmpty { reply(bytes) }
     }
 

@@ -12,6 +12,8 @@ final class Pool: EventHandler {
     enum Event: Int { case retry, waitDeadline }
 
     unowned let proxy: Proxy
+    /// The loop (for `now` on the data path: reaching it through the unowned `proxy` costs a retain and release).
+    let base: EventBase
     var state: PoolState
     /// Owns the connections (in opening order).
     private(set) var upstreams: [UpstreamConnection] = []
@@ -25,6 +27,7 @@ final class Pool: EventHandler {
 
     init(proxy: Proxy) {
         self.proxy = proxy
+        base = proxy.base
         state = PoolState(settings: PoolSettings(config: proxy.config)) { h in
             Unmanaged<UpstreamConnection>.fromOpaque(h.raw)._withUnsafeGuaranteedRef {
                 ConnLoad(pending: $0.fifo.count, busy: $0.streamed > 0 || $0.out.count >= Pool.packBytes)
@@ -53,7 +56,7 @@ final class Pool: EventHandler {
     /// A shared connection for a client with nothing in flight (fill-first); `.wait` queued the client.
     @inline(__always)
     func acquire(client: Int, proto: Int, db: Int) -> PoolState.Answer {
-        let a = state.acquire(client: client, proto: proto, db: db, now: proxy.base.now())
+        let a = state.acquire(client: client, proto: proto, db: db, now: base.now())
         return settle(a)
     }
 
@@ -80,12 +83,13 @@ final class Pool: EventHandler {
     /// Opens what an answer asks for and carries out the actions it queued; never returns `.open`.
     @inline(__always)
     private func settle(_ a: PoolState.Answer) -> PoolState.Answer {
+        if case .use = a, !state.hasActions { return a }
         var answer = a
         if case .open(let o) = a {
             answer = open(o).map { .use($0.handle) } ?? .fail(state.unavailableError)
         }
         // A client that now waits needs the wait timer set for its deadline.
-        if state.hasActions || answer == .wait { applyActions() }
+        applyActions()
         return answer
     }
 
@@ -237,7 +241,7 @@ final class Pool: EventHandler {
 
     @inline(__always)
     func becameIdle(_ u: UpstreamConnection) {
-        state.becameIdle(u.handle, now: proxy.base.now())
+        state.becameIdle(u.handle, now: base.now())
         if state.hasActions { applyActions() }
     }
 

@@ -94,7 +94,10 @@ public final class Proxy: AcceptHandler {
         periodic = Periodic(proxy: self)
     }
 
-    deinit { scratch.deallocate() }
+    deinit {
+        scratch.deallocate()
+        stats.deallocate()
+    }
 
     /// Listens, connects the first upstream connection and runs until shutdown. Returns the exit code.
     public func run() throws(SystemError) -> Int32 {

@@ -87,8 +87,9 @@ enum Counter: Int, CaseIterable {
     }
 }
 
-/// The counters' values: one slot each in raw storage (no uniqueness checks or ARC on the data path).
-final class Counters {
+/// The counters' values: one slot each in raw storage (no uniqueness checks or ARC on the data path). A struct holding
+/// only the pointer, so `proxy.stats[.x] &+= 1` is one load and one add; the owner calls `deallocate` once.
+struct Counters {
     private let values: UnsafeMutablePointer<Int>
 
     init() {
@@ -96,12 +97,12 @@ final class Counters {
         values.initialize(repeating: 0, count: Counter.allCases.count)
     }
 
-    deinit { values.deallocate() }
+    func deallocate() { values.deallocate() }
 
     @inline(__always)
     subscript(_ c: Counter) -> Int {
         get { values[c.rawValue] }
-        set { values[c.rawValue] = newValue }
+        nonmutating set { values[c.rawValue] = newValue }
     }
 
     /// Every counter as key=value pairs for a log line.

@@ -124,7 +124,7 @@ public struct ClientSession {
     /// Commands queued in the current MULTI (CLIENT LIST's multi=), -1 outside MULTI.
     public var multiQueued = -1
     public internal(set) var lastCommand = SmallBytes()
-    var outbox: [Effect] = []
+    @usableFromInline var outbox: [Effect] = []
 
     public init(id: Int, context: SessionContext) {
         self.id = id
@@ -160,7 +160,7 @@ public struct ClientSession {
 
     /// The next side effect for the driver to carry out.
     public mutating func nextEffect() -> Effect? { outbox.isEmpty ? nil : outbox.removeFirst() }
-    public var hasEffects: Bool { !outbox.isEmpty }
+    @inlinable public var hasEffects: Bool { !outbox.isEmpty }
 
     mutating func updateFastPath() {
         let modeAllows: Bool
@@ -333,8 +333,20 @@ public struct ClientSession {
         return inFlight == 0 ? allReplied() : .nothing
     }
 
-    @usableFromInline
+    /// Every reply due is in. The common case (a multiplexed client, open, nothing else to do) stays inline in the
+    /// driver's reply loop; the rest is `allRepliedSlowly`.
+    @inlinable
     mutating func allReplied() -> AfterReply {
+        if case .normal = mode, case .open = lifecycle {
+            upstream = nil
+            if case .replies = stall { return .resume }
+            return .nothing
+        }
+        return allRepliedSlowly()
+    }
+
+    @usableFromInline
+    mutating func allRepliedSlowly() -> AfterReply {
         switch mode {
         case .normal:
             upstream = nil

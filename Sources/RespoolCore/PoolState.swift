@@ -165,8 +165,8 @@ public struct PoolState {
     public var jitter = 0.5
     var nextID = 1
     var commandTableRequested = false
-    var outbox: [Action] = []
-    var outboxHead = 0
+    @usableFromInline var outbox: [Action] = []
+    @usableFromInline var outboxHead = 0
     /// The driver's view of a connection's load (injected, so the state needs no update per command).
     let load: (ConnHandle) -> ConnLoad
 
@@ -212,7 +212,8 @@ public struct PoolState {
         return outbox[outboxHead]
     }
 
-    @inline(__always)
+    /// Inlinable: a getter called across modules takes the whole struct as a copy.
+    @inlinable
     public var hasActions: Bool { outboxHead < outbox.count }
 
     mutating func emit(_ a: Action) { outbox.append(a) }
@@ -232,7 +233,7 @@ public struct PoolState {
     /// A shared connection of `proto`/`db` for a client that has nothing in flight (fill-first).
     public mutating func acquire(client: Int, proto: Int, db: Int, now: Double) -> Answer {
         let answer = choose(proto: proto, db: db, now: now, mayCheck: true)
-        if answer == .wait { waiters.append(client, Waiter(need: .shared(proto: proto, db: db), since: now)) }
+        if case .wait = answer { waiters.append(client, Waiter(need: .shared(proto: proto, db: db), since: now)) }
         return answer
     }
 
@@ -241,25 +242,28 @@ public struct PoolState {
     mutating func choose(proto: Int, db: Int, now: Double, mayCheck: Bool) -> Answer {
         var best: Int? = nil
         var bestLoad = Int.max
-        for i in connections.indices where connections[i].role == .shared {
-            let c = connections[i]
+        // Fields are read in place (no copy of the record per candidate: this runs for every client burst).
+        for i in connections.indices {
+            guard case .shared = connections[i].role else { continue }
             // A connection still connecting counts by what is queued on it, as a ready one does: clients that arrive
             // meanwhile queue behind its handshake instead of each opening another connection up to the cap.
-            if c.proto != proto || c.db != db || c.retiring { continue }
-            let l = load(c.handle)
-            if l.pending > 0 && l.pending < Self.packLimit && !l.busy { return .use(c.handle) }
+            if connections[i].proto != proto || connections[i].db != db || connections[i].retiring { continue }
+            let h = connections[i].handle
+            let l = load(h)
+            if l.pending > 0 && l.pending < Self.packLimit && !l.busy { return .use(h) }
             if l.pending < bestLoad {
                 best = i
                 bestLoad = l.pending
                 if l.pending == 0 {
                     // Idle for a while: checked with a PING before a command goes on it. The client waits for the
                     // PONG (or, if the connection turns out dead, for a fresh one).
-                    if mayCheck && settings.checkAfter > 0 && c.phase == .ready && now - c.idleSince >= settings.checkAfter {
+                    if mayCheck && settings.checkAfter > 0 && connections[i].phase == .ready
+                        && now - connections[i].idleSince >= settings.checkAfter {
                         connections[i].idleSince = now
-                        emit(.ping(c.handle, beforeReuse: true))
+                        emit(.ping(h, beforeReuse: true))
                         return .wait
                     }
-                    return .use(c.handle)
+                    return .use(h)
                 }
             }
         }

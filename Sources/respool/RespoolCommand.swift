@@ -20,12 +20,20 @@ private func wrap(_ text: String, indent: Int, width: Int) -> String {
     let pad = String(repeating: " ", count: indent)
     var lines: [String] = []
     var line = pad
+    var length = indent   // of `line`, in bytes (the help is ASCII)
     for word in text.split(separator: " ") {
-        if line.count > indent && line.count + 1 + word.count > width {
+        let n = word.utf8.count
+        if length > indent && length + 1 + n > width {
             lines.append(line)
             line = pad
+            length = indent
         }
-        line += (line.count > indent ? " " : "") + word
+        if length > indent {
+            line += " "
+            length += 1
+        }
+        line += word
+        length += n
     }
     lines.append(line)
     return lines.joined(separator: "\n")

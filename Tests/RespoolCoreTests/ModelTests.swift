@@ -58,8 +58,9 @@ final class ModelTests: XCTestCase {
     func send(_ sim: Simulation, _ c: SimClient, _ commands: [SimCommand]) {
         let wasIdle = c.input.isEmpty
         for command in commands {
-            let tag = c.nextTag
-            c.nextTag += 1
+            // Tags are unique across clients: a reply delivered to the wrong client cannot match its expectation.
+            let tag = sim.nextTag
+            sim.nextTag += 1
             c.sent[tag] = command
             if c.modelExpectsReply(command) { c.expected.append(tag) }
             c.input.append((tag, command))

@@ -36,7 +36,6 @@ final class SimClient {
     var session: ClientSession
     /// Sent and not yet processed (the driver's stalled input): the request first, with its tag.
     var input: [(tag: Int, command: SimCommand)] = []
-    var nextTag = 1
     /// Tags in the order the client must receive replies (the reference model's expectation), and what came.
     var expected: [Int] = []
     var received: [Int] = []
@@ -121,6 +120,8 @@ final class Simulation {
     var upstreams: [ConnHandle: SimUpstream] = [:]
     var resumes: [Int] = []
     var nextUpstream = 1
+    /// The next request's tag (unique across clients).
+    var nextTag = 1
     var retryAt: Double?
     /// Every problem found, with the events that led to it.
     var failures: [String] = []
