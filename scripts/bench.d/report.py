@@ -9,7 +9,8 @@ Lines it reads (first field = kind):
   sys   TARGET RUN CALLS REQUESTS              (strace -c total during that run; CALLS may be "n/a")
   churn TARGET N WALL_S REDIS_TICKS CLIENT_TICKS  (BENCH_TLS: N connect-SET-close clients one after the other)
   mem   TARGET START IDLE BURST PEAK CLOSED CONNECTED REPLIES ERRORS   (kB; see memtest.py)
-Medians across rounds. Targets: direct, respool, twemproxy (and with BENCH_TLS direct-tls, respool-tls).
+Medians across rounds. Targets: direct, respool, twemproxy (and with BENCH_TLS direct-tls, respool-tls; with
+BENCH_BASELINE baseline, a second respool binary: its columns and respool/baseline appear only then).
 """
 import argparse
 import statistics
@@ -17,6 +18,7 @@ import sys
 from collections import OrderedDict, defaultdict
 
 TARGETS = ("direct", "respool", "twemproxy")
+TARGETS_WITH_BASELINE = ("direct", "respool", "baseline", "twemproxy")
 
 
 def fmt_int(x):
@@ -48,6 +50,11 @@ def skipped(cells, columns):
     return [("skipped" if i in columns else c) for i, c in enumerate(cells)]
 
 
+def respool_columns(headers):
+    """Indices of the columns that need respool (its own values and the ratios with it)."""
+    return tuple(i for i, h in enumerate(headers) if h.split()[0].startswith("respool"))
+
+
 def median(xs):
     return statistics.median(xs) if xs else None
 
@@ -62,10 +69,12 @@ def main():
     ap.add_argument("--clk-tck", type=int, required=True)
     ap.add_argument("--idle-conns", type=int, default=10000)
     ap.add_argument("--skip-respool", action="store_true", help="respool was left out: say so in its cells")
+    ap.add_argument("--baseline", action="store_true",
+                    help="a baseline respool ran (BENCH_BASELINE): its columns even if it has no results")
     a = ap.parse_args()
 
-
     rps = defaultdict(list)  # (row, cmd, target) -> [ops/s]
+    rps_round = {}  # (round, row, cmd, target) -> ops/s
     cpu = defaultdict(list)  # (row, target) -> [us/request]
     client = defaultdict(list)  # (row, target) -> [share of one core used by redis-benchmark]
     total = defaultdict(list)  # (row, target) -> [us/request of redis-benchmark + proxy + redis-server]
@@ -87,6 +96,7 @@ def main():
                 if cmd not in rows[row]:
                     rows[row].append(cmd)
                 rps[(row, cmd, target)].append(float(v))
+                rps_round[(rnd, row, cmd, target)] = float(v)
             elif p[0] == "cpu":
                 _, rnd, row, target, ticks, reqs = p
                 rows.setdefault(row, [])
@@ -104,25 +114,49 @@ def main():
             elif p[0] == "scrape":
                 scrapes.append(dict(kv.split("=", 1) for kv in p[3].split()))
 
+    # baseline (BENCH_BASELINE): a second respool binary; its columns only when it ran.
+    base = a.baseline or any(t == "baseline" for (_, _, t) in rps) or "baseline" in mem or any(
+        t == "baseline" for (_, t) in cpu) or any("baseline" in v for v in sysc.values())
+    targets = TARGETS_WITH_BASELINE if base else TARGETS
+
     print(f"Throughput (redis-benchmark ops/s, median of {len(rounds)} round(s); ratios of medians)")
     out = []
-    worst = {t: (0.0, "") for t in TARGETS}
+    worst = {t: (0.0, "") for t in targets}
+    headers = ["row", "cmd"] + [f"{t} ops/s" for t in targets] + (["respool/baseline"] if base else []) + [
+        "respool/twemproxy", "respool/direct"]
     for row, cmds in rows.items():
         for cmd in cmds:
             m = {}
-            for t in TARGETS:
+            for t in targets:
                 xs = rps.get((row, cmd, t), [])
                 m[t] = median(xs)
                 if xs and spread(xs) > worst[t][0]:
                     worst[t] = (spread(xs), f"{row} {cmd}")
-            r = [row, cmd, fmt_int(m["direct"]), fmt_int(m["respool"]), fmt_int(m["twemproxy"]),
-                 fmt_ratio(m["respool"], m["twemproxy"]), fmt_ratio(m["respool"], m["direct"])]
-            out.append(skipped(r, (3, 5, 6)) if a.skip_respool else r)
-    print(table(["row", "cmd", "direct ops/s", "respool ops/s", "twemproxy ops/s", "respool/twemproxy", "respool/direct"], out,
-                ["<", "<", ">", ">", ">", ">", ">"]))
+            r = [row, cmd] + [fmt_int(m[t]) for t in targets] + (
+                [fmt_ratio(m["respool"], m["baseline"])] if base else []) + [
+                fmt_ratio(m["respool"], m["twemproxy"]), fmt_ratio(m["respool"], m["direct"])]
+            out.append(skipped(r, respool_columns(headers)) if a.skip_respool else r)
+    print(table(headers, out, ["<", "<"] + [">"] * (len(headers) - 2)))
     if len(rounds) > 1:
         print("largest spread across rounds, (max-min)/median: " + ", ".join(
             f"{t} {w[0] * 100:.0f}% ({w[1]})" for t, w in worst.items() if w[1]))
+
+    if base and len(rounds) > 1 and not a.skip_respool:
+        print()
+        print("respool against baseline, per row: the ratio of medians, the range of the per-round ratios (both ran in "
+              "the same round, one after the other), and each one's spread across rounds, (max-min)/median")
+        out = []
+        for row, cmds in rows.items():
+            for cmd in cmds:
+                r, b = rps.get((row, cmd, "respool"), []), rps.get((row, cmd, "baseline"), [])
+                per = sorted(rps_round[(n, row, cmd, "respool")] / rps_round[(n, row, cmd, "baseline")] for n in rounds
+                             if (n, row, cmd, "respool") in rps_round and rps_round.get((n, row, cmd, "baseline")))
+                out.append([row, cmd, fmt_ratio(median(r), median(b)), f"{per[0]:.2f}-{per[-1]:.2f}" if per else "-",
+                            f"{spread(r) * 100:.0f}%" if r else "-", f"{spread(b) * 100:.0f}%" if b else "-"])
+        print(table(["row", "cmd", "respool/baseline", "per round", "respool spread", "baseline spread"], out,
+                    ["<", "<", ">", ">", ">", ">"]))
+        print("(a ratio is within noise when it lies inside the spreads; the per-round range shows whether one binary "
+              "was ahead in every round)")
 
     if scrapes:
         print()
@@ -170,11 +204,14 @@ def main():
     print(f"Proxy CPU per request (µs, utime+stime of the proxy over the row's run (SET and GET) / its requests; "
           f"clock tick {1e6 / a.clk_tck:.0f} µs; median)")
     out = []
+    proxies = [t for t in targets if t != "direct"]
+    headers = ["row"] + [f"{t} µs/req" for t in proxies] + (["respool/baseline"] if base else []) + ["respool/twemproxy"]
     for row in rows:
-        r, t = median(cpu.get((row, "respool"), [])), median(cpu.get((row, "twemproxy"), []))
-        r = [row, fmt_f(r, 2), fmt_f(t, 2), fmt_ratio(r, t)]
-        out.append(skipped(r, (1, 3)) if a.skip_respool else r)
-    print(table(["row", "respool µs/req", "twemproxy µs/req", "respool/twemproxy"], out))
+        m = {t: median(cpu.get((row, t), [])) for t in proxies}
+        r = [row] + [fmt_f(m[t], 2) for t in proxies] + (
+            [fmt_ratio(m["respool"], m["baseline"])] if base else []) + [fmt_ratio(m["respool"], m["twemproxy"])]
+        out.append(skipped(r, respool_columns(headers)) if a.skip_respool else r)
+    print(table(headers, out))
 
     for rnd, row, target, cticks, rticks, wall, reqs in loads:  # after the file: a run's cpu line comes later
         if float(wall) > 0:
@@ -187,26 +224,30 @@ def main():
               "single-threaded), and the CPU of all three processes (redis-benchmark + proxy + redis-server) per request. "
               "When the three together fill both cores, throughput is total CPU over the CPU per request, whatever the proxy")
         out = []
+        headers = ["row", f"client CPU: {targets[0]}", *targets[1:], f"all µs/req: {targets[0]}", *targets[1:]]
         for row in rows:
-            c = [median(client.get((row, t), [])) for t in TARGETS]
-            v = [median(total.get((row, t), [])) for t in TARGETS]
+            c = [median(client.get((row, t), [])) for t in targets]
+            v = [median(total.get((row, t), [])) for t in targets]
             r = [row] + [("-" if x is None else f"{x * 100:.0f}%") for x in c] + [fmt_f(x, 2) for x in v]
-            out.append(skipped(r, (2, 5)) if a.skip_respool else r)
-        print(table(["row", "client CPU: direct", "respool", "twemproxy", "all µs/req: direct", "respool", "twemproxy"], out))
+            out.append(skipped(r, (2, 2 + len(targets))) if a.skip_respool else r)
+        print(table(headers, out))
 
     print()
     print("Syscalls per request (strace -c -f on the proxy, separate pass; total calls / requests)")
-    out = [[run, fmt_f(v.get("respool"), 2), fmt_f(v.get("twemproxy"), 2), fmt_ratio(v.get("respool"), v.get("twemproxy"))]
-           for run, v in sysc.items()]
+    headers = ["run"] + [f"{t} syscalls/req" for t in proxies] + (["respool/baseline"] if base else []) + [
+        "respool/twemproxy"]
+    out = [[run] + [fmt_f(v.get(t), 2) for t in proxies] + (
+        [fmt_ratio(v.get("respool"), v.get("baseline"))] if base else []) + [fmt_ratio(v.get("respool"), v.get("twemproxy"))]
+        for run, v in sysc.items()]
     if a.skip_respool:
-        out = [skipped(r, (1, 3)) for r in out]
-    print(table(["run", "respool syscalls/req", "twemproxy syscalls/req", "respool/twemproxy"], out) if out else "(not measured)")
+        out = [skipped(r, respool_columns(headers)) for r in out]
+    print(table(headers, out) if out else "(not measured)")
 
     print()
     n = a.idle_conns
     print(f"Memory (VmRSS, MiB; {n:,} idle client connections, then one GET on each, then closed)")
     out = []
-    for t in ("respool", "twemproxy"):
+    for t in proxies:
         if t not in mem:
             out.append([t] + ["skipped" if t == "respool" and a.skip_respool else "-"] * 8)
             continue
