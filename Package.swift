@@ -42,8 +42,10 @@ let package = Package(
             ],
             swiftSettings: common
         ),
-        .testTarget(name: "RESPTests", dependencies: ["RESP"], swiftSettings: common),
-        .testTarget(name: "RespoolCoreTests", dependencies: ["RespoolCore", "RESP"], swiftSettings: common),
-        .testTarget(name: "IntegrationTests", dependencies: ["RESP", "respool"], swiftSettings: common),
+        // What the test targets share (a seeded generator).
+        .target(name: "TestKit", path: "Tests/TestKit", swiftSettings: common),
+        .testTarget(name: "RESPTests", dependencies: ["RESP", "TestKit"], swiftSettings: common),
+        .testTarget(name: "RespoolCoreTests", dependencies: ["RespoolCore", "RESP", "TestKit"], swiftSettings: common),
+        .testTarget(name: "IntegrationTests", dependencies: ["RESP", "respool", "TestKit"], swiftSettings: common),
     ]
 )

@@ -15,7 +15,8 @@ final class ScanBox {
 }
 
 final class ClientConnection: Connection {
-    let id: Int
+    /// The client's id (its session's: one number, not two copies of it per client).
+    var id: Int { session.id }
     let isUnix: Bool
     let createdAt: Double
     var lastActive: Double
@@ -34,8 +35,6 @@ final class ClientConnection: Connection {
     var softLimitSince = 0.0
     /// When this client began waiting for the pool (0: it is not waiting).
     var waitStart = 0.0
-    /// The pool gave up on what the stalled request waits for: it is answered with this on resume.
-    var waitFailure: PoolState.Failure?
     /// A KEYS being answered by SCAN steps (RESPOOL_KEYS=scan), boxed: most clients never have one.
     var scan: ScanBox?
     /// While a CLIENT LIST/KILL/INFO runs under CLIENT REPLY OFF/SKIP: its reply is dropped.
@@ -46,7 +45,6 @@ final class ClientConnection: Connection {
     var inActivityList = false
 
     init(proxy: Proxy, fd: Int32, id: Int, isUnix: Bool) {
-        self.id = id
         self.isUnix = isUnix
         framer = RequestFramer(limits: proxy.limits)
         session = ClientSession(id: id, context: proxy.sessionContext)
@@ -206,13 +204,13 @@ final class ClientConnection: Connection {
     /// Called (after the loop iteration) when the reason for a stall may be gone: the stalled request is decided
     /// again (or answered with the pool's failure), then the rest of the input.
     func resume() {
-        guard !isClosed, session.stall != .none || waitFailure != nil else { return }
+        let failure = proxy.waitFailures.removeValue(forKey: id)
+        guard !isClosed, session.stall != .none || failure != nil else { return }
         let bytes = partial.copyBytes()
         partial.removeAll()
         bytes.withUnsafeBytes { all in
             let frame = UnsafeRawBufferPointer(rebasing: all[0..<pendingLength])
-            if let failure = waitFailure {
-                waitFailure = nil
+            if let failure {
                 answerWaitFailure(failure, frame: frame)
             } else if !handleSlow(head: pendingHead, frame: frame) {
                 partial.append(all.baseAddress!, count: all.count)
@@ -235,7 +233,7 @@ final class ClientConnection: Connection {
     /// The pool will not give what the stalled request waits for (the wait timed out, or the server is unreachable).
     func waitFailed(_ failure: PoolState.Failure) {
         guard !isClosed, case .pool = session.stall else { return }
-        waitFailure = failure
+        proxy.waitFailures[id] = failure
         proxy.scheduleResume(self)
     }
 

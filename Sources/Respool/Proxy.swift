@@ -21,6 +21,8 @@ public final class Proxy: AcceptHandler {
     private var openClients = 0
     var dirty = Ring<Unmanaged<Connection>>(capacity: 1024)
     private var resumes: [ClientConnection] = []
+    /// Clients whose wait for the pool failed, answered with it when they resume (rare: kept out of every client).
+    var waitFailures: [Int: PoolState.Failure] = [:]
     private var pendingCloses: [(ClientConnection, String)] = []
     var graveyard: [AnyObject] = []
     let scratch: UnsafeMutableRawPointer
@@ -276,6 +278,7 @@ public final class Proxy: AcceptHandler {
     func reap(_ c: ClientConnection) {
         // Parked first: the registry may hold the last strong reference while `c` is borrowed by a callback.
         guard clients[c.id] != nil else { return }
+        waitFailures.removeValue(forKey: c.id)
         graveyard.append(c)
         clients.removeValue(forKey: c.id)
     }

@@ -1,6 +1,7 @@
 // Configuration: invalid values, passwords kept out of the output, flags, the unix socket listener.
 import Foundation
 import RESP
+import TestKit
 import XCTest
 
 final class ConfigurationTests: IntegrationTestCase {

@@ -2,6 +2,7 @@
 // Each reply is checked against the request it answers.
 import Foundation
 import RESP
+import TestKit
 import XCTest
 
 /// What one client's keys hold, to predict each reply. Keys are private to the client; values are unique per command.

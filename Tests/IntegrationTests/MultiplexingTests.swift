@@ -2,6 +2,7 @@
 // that does not read), and replies respool makes itself must keep their place behind forwarded ones.
 import Foundation
 import RESP
+import TestKit
 import XCTest
 
 final class MultiplexingTests: IntegrationTestCase {

@@ -2,6 +2,7 @@
 // reply; a client idle inside MULTI is closed after the transaction idle timeout and its lease freed.
 import Foundation
 import RESP
+import TestKit
 import XCTest
 
 final class TimeoutTests: IntegrationTestCase {

@@ -1,3 +1,4 @@
+import TestKit
 import XCTest
 @testable import RESP
 

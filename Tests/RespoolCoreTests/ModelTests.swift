@@ -9,6 +9,7 @@
 import Foundation
 import RESP
 @testable import RespoolCore
+import TestKit
 import XCTest
 
 final class ModelTests: XCTestCase {

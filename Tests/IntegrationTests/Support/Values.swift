@@ -1,6 +1,7 @@
 // Building expected replies and printing actual ones readably in failure messages.
 import Foundation
 import RESP
+import TestKit
 import XCTest
 
 /// Expected-reply builders (a namespace, so nothing collides with members the RESP module may add to RESPValue).
@@ -96,37 +97,3 @@ func keyValuePairs(_ v: RESPValue) -> [String: RESPValue]? {
     return out
 }
 
-/// Deterministic PRNG (SplitMix64) for seeded workloads.
-struct SeededRandom: RandomNumberGenerator, Sendable {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    mutating func letters(_ n: Int) -> String {
-        let alphabet = Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-        var s = ""
-        s.reserveCapacity(n)
-        for _ in 0..<n { s.append(alphabet[Int(next() % UInt64(alphabet.count))]) }
-        return s
-    }
-
-    mutating func bytes(_ n: Int) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: n)
-        var i = 0
-        while i < n {
-            var r = next()
-            for _ in 0..<8 where i < n {
-                out[i] = UInt8(truncatingIfNeeded: r)
-                r >>= 8
-                i += 1
-            }
-        }
-        return out
-    }
-}
