@@ -260,6 +260,9 @@ final class ModelTests: XCTestCase {
     }
 
     func testRandomInterleavingsKeepEveryInvariant() {
+        if let text = ProcessInfo.processInfo.environment["RESPOOL_MODEL_DEBUG_SEED"], let seed = UInt64(text) {
+            return debug(seed: seed)
+        }
         var total = 0
         for s in 0..<Self.seeds {
             let seed = UInt64(s)
@@ -274,10 +277,8 @@ final class ModelTests: XCTestCase {
         XCTAssertEqual(total, Self.seeds)
     }
 
-    func testDebugSeed() throws {
-        guard let text = ProcessInfo.processInfo.environment["RESPOOL_MODEL_DEBUG_SEED"], let seed = UInt64(text) else {
-            throw XCTSkip("set RESPOOL_MODEL_DEBUG_SEED to print a seed's events")
-        }
+    /// RESPOOL_MODEL_DEBUG_SEED=<seed>: that seed alone, printing every event and each client's state after each step.
+    func debug(seed: UInt64) {
         let sim = Simulation(seed: seed, cap: [1, 2, 3, 4, 8][Int(seed % 5)], clients: 2 + Int(seed % 6))
         sim.keepFullLog = true
         for i in 0..<Self.steps {
