@@ -87,6 +87,9 @@ extension ClientConnection {
         case .handshake:
             proxy.pool.wait(client: id, for: .handshake)
             return nil
+        case .control:
+            answer = proxy.pool.control(client: id)
+            if case .use(let h) = answer { session.pinned(h) }
         }
         switch answer {
         case .use: return true

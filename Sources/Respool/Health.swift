@@ -1,5 +1,5 @@
 // Health: /healthz. Healthy means respool accepts clients and the upstream answers a PING on a shared connection
-// within 2 s. Probes that arrive while a PING is in flight share its answer; the PING is an internal request of the
+// within 2 s (on the control connection when a script holds every shared one: the server's -BUSY is then the verdict). Probes that arrive while a PING is in flight share its answer; the PING is an internal request of the
 // connection (UpstreamConnection.Internal.health) whose reply, failure or timeout answers every waiting probe.
 import EventLoop
 import RespoolCore
@@ -17,7 +17,7 @@ final class Health {
 
     func check(_ reply: HTTPReply) {
         var problem: String? = proxy.shuttingDown ? "shutting down" : nil
-        let u = proxy.pool.readyShared
+        let u = proxy.pool.forRespool()
         if problem == nil && u == nil {
             problem = "no ready upstream connection" + (proxy.pool.lastError.map { " (\($0))" } ?? "")
         }

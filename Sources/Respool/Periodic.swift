@@ -27,7 +27,7 @@ final class Periodic {
         if config.advisorInterval > 0 && now >= nextAdvisorPoll {
             nextAdvisorPoll += config.advisorInterval
             if nextAdvisorPoll <= now { nextAdvisorPoll = now + config.advisorInterval }
-            proxy.pool.readyShared?.send(.advisorInfo, ["INFO"])
+            proxy.pool.forRespool()?.send(.advisorInfo, ["INFO"])
         }
         guard config.statsInterval > 0 else { return }
         if nextStatsLine == 0 { nextStatsLine = now + config.statsInterval }

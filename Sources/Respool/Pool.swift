@@ -8,8 +8,8 @@ import RESP
 import RespoolCore
 
 final class Pool: EventHandler {
-    /// The pool's timers: the back-off retry (keepWarm) and the earliest wait deadline.
-    enum Event: Int { case retry, waitDeadline }
+    /// The pool's timers: the back-off retry (keepWarm), the earliest wait deadline, the progress check.
+    enum Event: Int { case retry, waitDeadline, progress }
 
     unowned let proxy: Proxy
     /// The loop (for `now` on the data path: reaching it through the unowned `proxy` costs a retain and release).
@@ -20,22 +20,29 @@ final class Pool: EventHandler {
     private var nextId = 1
     private var retryTimer: Timer?
     private var waitTimer: Timer?
+    private var progressTimer: Timer?
     private var resolved: SocketAddress?
 
     /// Output a connection may have unwritten before new clients go elsewhere (fill-first, see PoolState.packLimit).
     static let packBytes = 256 << 10
+    /// A connection that answers nothing for this long while requests wait on it is stuck (a script, a slow command
+    /// or a stalled network holds it): its oldest request is then between one and two intervals old. Why this value:
+    /// docs/ARCHITECTURE.md, "Measured facts".
+    static let progressInterval = 0.25
 
     init(proxy: Proxy) {
         self.proxy = proxy
         base = proxy.base
         state = PoolState(settings: PoolSettings(config: proxy.config)) { h in
             Unmanaged<UpstreamConnection>.fromOpaque(h.raw)._withUnsafeGuaranteedRef {
-                ConnLoad(pending: $0.fifo.count, busy: $0.streamed > 0 || $0.out.count >= Pool.packBytes)
+                ConnLoad(pending: $0.fifo.count, busy: $0.streamed > 0 || $0.out.count >= Pool.packBytes, stuck: $0.stuck)
             }
         }
         super.init()
         retryTimer = try? Timer(base: proxy.base, handler: self, tag: Event.retry)
         waitTimer = try? Timer(base: proxy.base, handler: self, tag: Event.waitDeadline)
+        progressTimer = try? Timer(base: proxy.base, handler: self, tag: Event.progress)
+        progressTimer?.schedule(after: Self.progressInterval)
     }
 
     @inline(__always)
@@ -47,9 +54,6 @@ final class Pool: EventHandler {
     var waiterCount: Int { state.waiters.count }
     var lastError: String? { state.lastError }
     var poolName: String { "\(proxy.config.namePrefix):pool" }
-
-    /// A ready shared connection for respool's own requests (the advisor's INFO, the /healthz PING), nil if none.
-    var readyShared: UpstreamConnection? { state.readyShared.map { Self.connection($0).takeUnretainedValue() } }
 
     // MARK: asking
 
@@ -72,6 +76,24 @@ final class Pool: EventHandler {
         let a = settle(state.subscriber(client: client, proto: proto, now: proxy.base.now()))
         if case .use(let h) = a { roleChanged(Self.connection(h).takeUnretainedValue()) }
         return a
+    }
+
+    /// The control connection for `client`'s SCRIPT KILL, FUNCTION KILL or SHUTDOWN.
+    func control(client: Int) -> PoolState.Answer {
+        settle(state.control(client: client, now: base.now()))
+    }
+
+    /// A connection for respool's own PING or INFO: a ready shared one that is answering; when every ready shared
+    /// one is stuck (a script holds the server), the control connection, opened if need be. Nil when no shared
+    /// connection is ready (the server is unreachable or not connected yet).
+    func forRespool() -> UpstreamConnection? {
+        var anyReady = false
+        for c in state.connections where c.role == .shared && c.phase == .ready && !c.retiring {
+            anyReady = true
+            if !Self.connection(c.handle)._withUnsafeGuaranteedRef({ $0.stuck }) { return Self.connection(c.handle).takeUnretainedValue() }
+        }
+        guard anyReady, case .use(let h) = settle(state.controlForRespool(now: base.now())) else { return nil }
+        return Self.connection(h).takeUnretainedValue()
     }
 
     /// A client waits for `need` (HELLO before any handshake).
@@ -205,7 +227,7 @@ final class Pool: EventHandler {
             openFailed(o, error.reason)
             return nil
         }
-        u.queueHandshake(name: poolName)
+        u.queueHandshake(name: o.role == .control ? "\(proxy.config.namePrefix):control" : poolName)
         upstreams.append(u)
         state.opened(u.handle, o, now: now)
         roleChanged(u)
@@ -305,6 +327,26 @@ final class Pool: EventHandler {
         applyActions()
     }
 
+    /// A shared (or control) connection that answered nothing since the last check while requests waited on it at
+    /// both checks is stuck: new clients go elsewhere until it answers again (PoolState.choose). Leases are not
+    /// judged: a blocking command waits by design.
+    private func checkProgress() {
+        for u in upstreams where u.state == .ready && !u.leased {
+            let served = u.commandsServed
+            let stuck = u.pending > 0 && u.pendingAtLastCheck && served == u.servedAtLastCheck
+            if stuck && !u.stuck {
+                proxy.stats[.upstreamStuck] &+= 1
+                proxy.logger.notice("upstream connection stuck: no reply while requests wait; new clients go elsewhere", metadata: [
+                    "upstream.id": "\(u.id)", "pending": "\(u.pending)", "for_at_least": "\(Self.progressInterval)s"])
+            } else if !stuck && u.stuck {
+                proxy.logger.notice("upstream connection answers again", metadata: ["upstream.id": "\(u.id)"])
+            }
+            u.stuck = stuck
+            u.servedAtLastCheck = served
+            u.pendingAtLastCheck = u.pending > 0
+        }
+    }
+
     /// Keeps one connection open (start-up, and the retry timer).
     func keepWarm() {
         state.keepWarm(now: proxy.base.now())
@@ -316,6 +358,9 @@ final class Pool: EventHandler {
         case .waitDeadline?:
             state.expireWaiters(now: proxy.base.now())
             applyActions()
+        case .progress?:
+            checkProgress()
+            if !state.closing { progressTimer?.schedule(after: Self.progressInterval) }
         case .retry?, nil:
             keepWarm()
         }

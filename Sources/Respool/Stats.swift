@@ -9,6 +9,7 @@ enum Counter: Int, CaseIterable {
     case leasesGranted, pubsubSubscribes, waitTimeouts, idleTimeouts, transactionIdleTimeouts, outputLimitCloses
     case protocolErrors, upstreamRecycled, commandTimeouts, pipelineThrottles, upstreamChecks, oomErrors
     case keysSeen, keysDenied, keysScanned, pubsubMessages, upstreamConnects, upstreamConnectFailures, upstreamLost
+    case upstreamStuck
 
     /// The key in the SIGUSR1 stats line.
     var logName: String {
@@ -45,6 +46,7 @@ enum Counter: Int, CaseIterable {
         case .upstreamConnects: return "upstream_connects"
         case .upstreamConnectFailures: return "upstream_connect_failures"
         case .upstreamLost: return "upstream_lost"
+        case .upstreamStuck: return "upstream_stuck"
         }
     }
 
@@ -83,6 +85,7 @@ enum Counter: Int, CaseIterable {
         case .upstreamConnects: return [(Metrics.upstreamConnects, nil)]
         case .upstreamConnectFailures: return [(Metrics.upstreamFailures, nil)]
         case .upstreamLost: return [(Metrics.upstreamLost, nil)]
+        case .upstreamStuck: return [(Metrics.upstreamStuck, nil)]
         }
     }
 }

@@ -152,11 +152,12 @@ final class StatsEndpoint: HTTPHandler {
     private func upstreamsDocument() -> String {
         let now = proxy.base.now()
         let items = proxy.pool.upstreams.map { u -> String in
-            let state = u.hub != nil ? "pubsub" : u.leased ? "leased" : u.state.rawValue == "ready" ? "shared" : u.state.rawValue
+            let control = proxy.pool.state.connection(u.handle)?.role == .control
+            let state = u.hub != nil ? "pubsub" : u.leased ? "leased" : u.state.rawValue != "ready" ? u.state.rawValue : control ? "control" : "shared"
             let holder = u.leasedTo.map { String($0.takeUnretainedValue().id) } ?? "null"
             return "{\"id\":\(u.id),\"name\":\(Metrics.jsonString(u.serverName)),\"state\":\"\(state)\",\"resp\":\(u.proto),\"db\":\(u.db),"
                 + "\"age\":\(Int(now - u.createdAt)),\"pending\":\(u.pending),\"commands_served\":\(u.commandsServed),\"leased_to\":\(holder),"
-                + "\"tls\":\(u.tls.map { Metrics.jsonString($0.description) } ?? "null")}"
+                + "\"stuck\":\(u.stuck),\"tls\":\(u.tls.map { Metrics.jsonString($0.description) } ?? "null")}"
         }
         return "[" + items.joined(separator: ",") + "]"
     }

@@ -66,6 +66,11 @@ final class UpstreamConnection: Connection {
     var headSince = 0.0
     /// An SSL_read stopped because OpenSSL had to write first: read again once the socket is writable.
     var tlsReadWantsWrite = false
+    /// Nothing answered for a whole progress interval with requests waiting (Pool.checkProgress): new clients go
+    /// elsewhere.
+    var stuck = false
+    var servedAtLastCheck = 0
+    var pendingAtLastCheck = false
 
     /// The pool's name for this connection.
     var handle: ConnHandle { ConnHandle(Unmanaged.passUnretained(self).toOpaque()) }
@@ -325,10 +330,12 @@ final class UpstreamConnection: Connection {
                     client._withUnsafeGuaranteedRef { $0.replyDelivered() }
                 case .scan(let client):
                     flushRun()
+                    commandsServed &+= 1
                     let bytes = frameBytes(fs, end)
                     client._withUnsafeGuaranteedRef { $0.scanStep(bytes, on: self) }
                 case .respool(let r):
                     flushRun()
+                    commandsServed &+= 1
                     if !internalReplied(r, frameBytes(fs, end), isError: framer.kind == UInt8(ascii: "-") || framer.kind == UInt8(ascii: "!")) {
                         return
                     }
@@ -458,7 +465,13 @@ final class UpstreamConnection: Connection {
                 let scan: Bool
                 if case .scan = e { scan = true } else { scan = false }
                 c._withUnsafeGuaranteedRef {
-                    if !$0.isClosed && !silent {
+                    if !$0.isClosed && !silent && $0.session.onControl && $0.session.lastCommand == SmallBytes("shutdown") {
+                        // The server went down as SHUTDOWN asked: the client's connection closes without a reply, as
+                        // a direct one does (client libraries take that as SHUTDOWN's success).
+                        proxy.logger.notice("the server closed the connection after a client's SHUTDOWN", metadata: [
+                            "client.id": "\($0.id)", "client.addr": "\($0.peerAddress)", "upstream.id": "\(id)"])
+                        $0.close(reason: "server_shutdown", detail: "the server closed the connection after SHUTDOWN")
+                    } else if !$0.isClosed && !silent {
                         $0.out.append(line)
                         $0.markDirty()
                     }

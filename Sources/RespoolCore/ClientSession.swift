@@ -124,6 +124,9 @@ public struct ClientSession {
     /// Commands queued in the current MULTI (CLIENT LIST's multi=), -1 outside MULTI.
     public var multiQueued = -1
     public internal(set) var lastCommand = SmallBytes()
+    /// A SCRIPT KILL, FUNCTION KILL or SHUTDOWN is in flight on the control connection (database 0, RESP2): the
+    /// client's next commands wait for its reply instead of following it there.
+    public internal(set) var onControl = false
     @usableFromInline var outbox: [Effect] = []
 
     public init(id: Int, context: SessionContext) {
@@ -168,7 +171,7 @@ public struct ClientSession {
         case .normal, .leased: modeAllows = lifecycle == .open
         default: modeAllows = false
         }
-        fastPath = modeAllows && authenticated && replyMode == .on && pubsubPending == 0 && !(proto == 2 && isSubscribed)
+        fastPath = modeAllows && !onControl && authenticated && replyMode == .on && pubsubPending == 0 && !(proto == 2 && isSubscribed)
     }
 
     // MARK: the fast path
@@ -231,7 +234,7 @@ public struct ClientSession {
     }
 
     mutating func route(_ r: Request, context: SessionContext) -> Decision {
-        if mode == .scanning { return .wait }
+        if mode == .scanning || (onControl && inFlight > 0) { return .wait }
         if !authenticated {
             switch r.route {
             case .local(.auth), .local(.hello), .local(.quit), .local(.reset): break
@@ -276,6 +279,11 @@ public struct ClientSession {
             return CommandTable.streamReadBlocks(r.args) ? leased(.none) : forward()
         case .blocking:
             return leased(.none)
+        case .serverControl:
+            if r.name != SmallBytes("shutdown") && (r.args.count < 2 || SmallBytes(lowercasing: r.args[1]) != SmallBytes("kill")) {
+                return forward()
+            }
+            return control()
         case .transaction(let t):
             return transaction(t)
         case .stateful(let kind):
@@ -299,6 +307,17 @@ public struct ClientSession {
             if inFlight > 0 { return .wait }
             return local(command, args: r.args, context: context)
         }
+    }
+
+    /// SCRIPT KILL, FUNCTION KILL, SHUTDOWN: to the control connection (after the client's own replies are in), never
+    /// queued behind a script on a shared one; inside a transaction they are queued on the lease as sent.
+    mutating func control() -> Decision {
+        if case .leased = mode { return forward() }
+        if inFlight > 0 { return .wait }
+        guard upstream != nil else { return .acquire(.control) }
+        inFlight += 1
+        onControl = true
+        return .forward(silent: false)
     }
 
     /// Sends on `upstream`, acquiring a shared connection first when the client has none.
@@ -337,7 +356,7 @@ public struct ClientSession {
     /// driver's reply loop; the rest is `allRepliedSlowly`.
     @inlinable
     mutating func allReplied() -> AfterReply {
-        if case .normal = mode, case .open = lifecycle {
+        if case .normal = mode, case .open = lifecycle, !onControl {
             upstream = nil
             if case .replies = stall { return .resume }
             return .nothing
@@ -350,6 +369,7 @@ public struct ClientSession {
         switch mode {
         case .normal:
             upstream = nil
+            onControl = false
         case .leased(let l):
             // A blocking command answered, or a transaction ended: the lease goes back. A closed client's lease was
             // given back when it closed.

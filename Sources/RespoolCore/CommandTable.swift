@@ -69,6 +69,9 @@ public enum CommandRoute: Sendable, Equatable {
     case stateful(StatefulKind)
     /// XREAD / XREADGROUP: blocking only with a BLOCK argument; look at the arguments.
     case streamRead
+    /// SCRIPT and FUNCTION (their KILL) and SHUTDOWN: what must reach the server while a script holds it, so they go to
+    /// the control connection, never behind the script on a shared one. Other SCRIPT/FUNCTION subcommands are forwarded.
+    case serverControl
 }
 
 public enum CommandTable {
@@ -126,6 +129,7 @@ public enum CommandTable {
         for n: StaticString in ["sync", "psync", "replconf"] { t[SmallBytes(n)] = .stateful(.replication) }
         for n: StaticString in ["readonly", "readwrite", "asking"] { t[SmallBytes(n)] = .stateful(.cluster) }
         t[SmallBytes("xread")] = .streamRead
+        for n: StaticString in ["script", "function", "shutdown"] { t[SmallBytes(n)] = .serverControl }
         t[SmallBytes("xreadgroup")] = .streamRead
         t[SmallBytes("hello")] = .local(.hello)
         t[SmallBytes("client")] = .local(.client)

@@ -116,7 +116,7 @@ public struct Config: Equatable, Sendable {
         .init(variable: "RESPOOL_PORT", flag: "port", defaultText: "6380", help: "TCP port to listen on (0 picks a free port, printed at start-up)."),
         .init(variable: "RESPOOL_SOCKET", flag: "socket", defaultText: "(none)", help: "Also listen on this unix socket path (faster than loopback TCP for a sidecar)."),
         .init(variable: "RESPOOL_MAX_SERVER_CONNECTIONS", flag: "max-server-connections", defaultText: "10",
-              help: "Hard cap on upstream connections respool ever has open at once."),
+              help: "Hard cap on upstream connections respool ever has open at once; with 3 or more, one slot is kept for the control connection (SCRIPT KILL, FUNCTION KILL, SHUTDOWN)."),
         .init(variable: "RESPOOL_PLAN_MAX_CONNECTIONS", flag: "plan-max-connections", defaultText: "(none)",
               help: "The Redis plan's connection limit; with RESPOOL_INSTANCES and RESPOOL_RESERVE_CONNECTIONS it sets the cap to floor((plan - reserve) / instances), at least 1, unless RESPOOL_MAX_SERVER_CONNECTIONS is set."),
         .init(variable: "RESPOOL_INSTANCES", flag: "instances", defaultText: "1",

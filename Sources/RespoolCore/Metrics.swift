@@ -112,6 +112,7 @@ public enum Metrics {
     public static let upstreamConnects = MetricDefinition("respool_upstream_connects_total", .counter, "Upstream connections opened.")
     public static let upstreamFailures = MetricDefinition("respool_upstream_connect_failures_total", .counter, "Upstream connects or handshakes that failed.")
     public static let upstreamLost = MetricDefinition("respool_upstream_lost_total", .counter, "Established upstream connections lost.")
+    public static let upstreamStuck = MetricDefinition("respool_upstream_stuck_total", .counter, "Times a shared upstream connection answered nothing for 0.25 s while requests waited on it (a script or a slow command holding the server): new clients were sent elsewhere.")
     public static let upstreamRecycled = MetricDefinition("respool_upstream_recycled_total", .counter, "Upstream connections replaced at RESPOOL_SERVER_LIFETIME.")
     public static let pipelineThrottles = MetricDefinition("respool_pipeline_throttles_total", .counter, "Times reading from a client paused at RESPOOL_MAX_PIPELINE unanswered commands.")
     public static let upstreamChecks = MetricDefinition("respool_upstream_checks_total", .counter, "PINGs sent to check a connection idle past RESPOOL_SERVER_CHECK_AFTER before reuse.")
@@ -135,7 +136,7 @@ public enum Metrics {
     /// Every definition, in exposition order.
     public static let all: [MetricDefinition] = [
         clients, clientsAccepted, clientsRejected, clientsClosed, protocolErrors, upstreams, upstreamsMax, leasesGranted,
-        waitQueue, waitTimeouts, commands, commandsByClass, replies, pubsubSubscribers, bytes, upstreamConnects, upstreamFailures, upstreamLost, upstreamRecycled,
+        waitQueue, waitTimeouts, commands, commandsByClass, replies, pubsubSubscribers, bytes, upstreamConnects, upstreamFailures, upstreamLost, upstreamStuck, upstreamRecycled,
         commandTimeouts, pipelineThrottles, upstreamChecks, pubsubChannels, pubsubMessages, keys, uptime, eventLoopEvents, commandDuration, waitDuration, roundTrip, oomErrors, serverClients, serverMaxClients,
         serverUsedMemory, serverMaxMemory, serverEvicted, serverRejected,
     ]

@@ -89,7 +89,7 @@ extension PoolState {
 
     mutating func lost(_ c: Connection) {
         switch c.role {
-        case .shared: break
+        case .shared, .control: break
         case .leased(let client): emit(.leaseLost(client: client))
         case .subscriber(let proto): emit(.subscriberLost(proto: proto))
         }
@@ -141,6 +141,16 @@ extension PoolState {
                     met = true
                 } else if !openings.contains(where: { $0.role == .subscriber(proto: proto) }) {
                     switch tryLease(role: .subscriber(proto: proto), proto: proto, db: settings.defaultDB, now: now) {
+                    case .use: met = true
+                    case .open(let o): emitForWaiter(o)
+                    case .wait, .fail: break
+                    }
+                }
+            case .control:
+                if connections.contains(where: { $0.role == .control }) {
+                    met = true
+                } else if !openings.contains(where: { $0.role == .control }) {
+                    switch tryControl(now: now) {
                     case .use: met = true
                     case .open(let o): emitForWaiter(o)
                     case .wait, .fail: break
@@ -229,6 +239,13 @@ extension PoolState {
             } else if settings.keepalive > 0 && idle >= settings.keepalive {
                 connections[i].idleSince = now
                 emit(.ping(c.handle, beforeReuse: false))
+            }
+        }
+        for c in connections where c.role == .control && c.phase == .ready && !c.retiring && load(c.handle).pending == 0 {
+            // The control connection is opened when needed and not kept: the data path never fills its slot anyway.
+            if settings.idleTimeout > 0 && now - c.idleSince >= settings.idleTimeout, let i = index(c.handle) {
+                connections[i].retiring = true
+                emit(.close(c.handle, reason: "server_idle_timeout"))
             }
         }
         while shared + openings.count < settings.minConnections && room > 0 && now >= retryAt {

@@ -17,9 +17,13 @@ public struct ConnLoad: Sendable {
     public var pending: Int
     /// Streaming a large reply, or too much output not yet written: new clients go elsewhere.
     public var busy: Bool
-    public init(pending: Int, busy: Bool) {
+    /// No reply for a whole janitor tick with requests waiting (a script or a slow command holds the server there):
+    /// new clients go to any other connection, or a new one, where the server can at least answer them BUSY.
+    public var stuck: Bool
+    public init(pending: Int, busy: Bool, stuck: Bool = false) {
         self.pending = pending
         self.busy = busy
+        self.stuck = stuck
     }
 }
 
@@ -33,6 +37,8 @@ public enum Need: Equatable, Sendable {
     case subscriber(proto: Int)
     /// Any connection that has completed its handshake (HELLO's reply repeats what the server said in it).
     case handshake
+    /// The control connection: nothing of the data path is queued on it (SCRIPT KILL, FUNCTION KILL, SHUTDOWN).
+    case control
 }
 
 public struct PoolSettings: Sendable, Equatable {
@@ -74,6 +80,18 @@ public struct PoolState {
         case leased(client: Int)
         /// The pub/sub hub's subscriber connection of a protocol (a lease without a client).
         case subscriber(proto: Int)
+        /// The control connection, in the slot of the cap that the data path never fills (with a cap of 3 or more):
+        /// SCRIPT KILL, FUNCTION KILL and SHUTDOWN go there, and respool's own PING and INFO when every shared
+        /// connection is stuck. Opened when first needed, closed when idle like a shared one.
+        case control
+
+        /// Exclusive: a client's lease or the hub's subscriber connection (counted against cap - 1).
+        public var isLease: Bool {
+            switch self {
+            case .leased, .subscriber: return true
+            case .shared, .control: return false
+            }
+        }
     }
 
     public struct Connection: Sendable {
@@ -183,16 +201,25 @@ public struct PoolState {
 
     public var count: Int { connections.count }
     public var cap: Int { settings.cap }
-    public var leasedCount: Int { connections.reduce(0) { $0 + ($1.role == .shared ? 0 : 1) } }
+    /// Leases and subscriber connections (the control connection is neither).
+    public var leasedCount: Int { connections.reduce(0) { $0 + ($1.role.isLease ? 1 : 0) } }
     public var sharedCount: Int { connections.reduce(0) { $0 + ($1.role == .shared ? 1 : 0) } }
-    var leasesOpening: Int { openings.reduce(0) { $0 + ($1.role == .shared ? 0 : 1) } }
-    /// Connections that may still be opened.
-    var room: Int { settings.cap - connections.count - openings.count }
+    var leasesOpening: Int { openings.reduce(0) { $0 + ($1.role.isLease ? 1 : 0) } }
+    /// The slot kept for the control connection, which the data path never fills: with a cap of 3 or more (below,
+    /// every connection is needed for traffic; SCRIPT KILL then takes an idle shared connection).
+    public var reserved: Int { settings.cap >= 3 ? 1 : 0 }
+    /// Connections (open or opening) in the control role, and the rest.
+    var controlUsed: Int {
+        connections.reduce(0) { $0 + ($1.role == .control ? 1 : 0) } + openings.reduce(0) { $0 + ($1.role == .control ? 1 : 0) }
+    }
+    var dataUsed: Int { connections.count + openings.count - controlUsed }
+    /// Connections the data path may still open (the control slot is not theirs).
+    var room: Int { settings.cap - max(reserved, controlUsed) - dataUsed }
+    /// Leases (and subscriber connections) at once: one data connection always stays shared.
+    public var leaseLimit: Int { settings.cap - reserved - 1 }
     public func connection(_ h: ConnHandle) -> Connection? { connections.first { $0.handle == h } }
     func index(_ h: ConnHandle) -> Int? { connections.firstIndex { $0.handle == h } }
 
-    /// A ready shared connection for respool's own requests (the advisor's INFO, /healthz's PING).
-    public var readyShared: ConnHandle? { connections.first { $0.role == .shared && $0.phase == .ready }?.handle }
 
     /// The connection leased to `client`, if any.
     public func lease(of client: Int) -> ConnHandle? {
@@ -242,6 +269,7 @@ public struct PoolState {
     mutating func choose(proto: Int, db: Int, now: Double, mayCheck: Bool) -> Answer {
         var best: Int? = nil
         var bestLoad = Int.max
+        var stuck: ConnHandle? = nil
         // Fields are read in place (no copy of the record per candidate: this runs for every client burst).
         for i in connections.indices {
             guard case .shared = connections[i].role else { continue }
@@ -250,6 +278,11 @@ public struct PoolState {
             if connections[i].proto != proto || connections[i].db != db || connections[i].retiring { continue }
             let h = connections[i].handle
             let l = load(h)
+            if l.stuck {
+                // Held by a script or a slow command: only when nothing else can be had.
+                if stuck == nil { stuck = h }
+                continue
+            }
             if l.pending > 0 && l.pending < Self.packLimit && !l.busy { return .use(h) }
             if l.pending < bestLoad {
                 best = i
@@ -282,6 +315,7 @@ public struct PoolState {
                 retarget(h, proto: proto, db: db)
                 return .use(h)
             }
+            if let stuck { return .use(stuck) }
             return .wait
         }
         return .fail(closing ? "ERR upstream unavailable: respool is shutting down" : unavailableError)
@@ -321,11 +355,45 @@ public struct PoolState {
         return answer
     }
 
+    /// The control connection, for a request that must reach the server even when a script holds every shared
+    /// connection (SCRIPT KILL, FUNCTION KILL, SHUTDOWN); `client` waits when none can be had yet.
+    public mutating func control(client: Int, now: Double) -> Answer {
+        if let c = connections.first(where: { $0.role == .control }) { return .use(c.handle) }
+        var answer = Answer.wait
+        if !openings.contains(where: { $0.role == .control }) { answer = tryControl(now: now) }
+        if case .wait = answer { waiters.append(client, Waiter(need: .control, since: now)) }
+        return answer
+    }
+
+    /// The control connection for respool's own requests (PING, INFO) when no shared connection answers: the one
+    /// open, else one opened now (nil when none can be).
+    public mutating func controlForRespool(now: Double) -> Answer {
+        if let c = connections.first(where: { $0.role == .control }) { return .use(c.handle) }
+        if openings.contains(where: { $0.role == .control }) { return .wait }
+        return tryControl(now: now)
+    }
+
+    /// Opens the control connection in a free slot (the reserved one, or any), else takes an idle shared connection
+    /// that is not stuck.
+    mutating func tryControl(now: Double) -> Answer {
+        if closing { return .wait }
+        if settings.cap - controlUsed - dataUsed > 0 && now >= retryAt {
+            // Database 0 and no SELECT in its handshake: SELECT is refused while a script holds the server, HELLO
+            // (and SCRIPT KILL, FUNCTION KILL, SHUTDOWN) are not.
+            let o = Opening(proto: 2, db: 0, role: .control)
+            openings.append(o)
+            return .open(o)
+        }
+        if let h = idleShared() { return .use(h) }
+        if now < retryAt && connections.isEmpty && openings.isEmpty { return .fail(unavailableError) }
+        return .wait
+    }
+
     mutating func tryLease(role: Role, proto: Int, db: Int, now: Double) -> Answer {
         guard settings.cap >= 2 else {
             return .fail("ERR respool: this command needs a dedicated upstream connection, and with RESPOOL_MAX_SERVER_CONNECTIONS=1 none can be leased")
         }
-        if leasedCount + leasesOpening >= settings.cap - 1 || closing { return .wait }
+        if leasedCount + leasesOpening >= leaseLimit || closing { return .wait }
         let shared = sharedCount
         if shared > 1, let i = connections.firstIndex(where: {
             $0.role == .shared && $0.proto == proto && $0.db == db && $0.phase == .ready && load($0.handle).pending == 0
@@ -350,7 +418,7 @@ public struct PoolState {
     /// Takes a lease back: a clean connection (nothing in flight, no state) rejoins the shared set; any other is
     /// closed, since its state (a transaction, a blocked call, a changed name or database) cannot be trusted.
     public mutating func endLease(_ h: ConnHandle, clean: Bool, now: Double) {
-        guard let i = index(h), connections[i].role != .shared else { return }
+        guard let i = index(h), connections[i].role.isLease else { return }
         if clean && load(h).pending == 0 {
             connections[i].role = .shared
             connections[i].idleSince = now

@@ -51,6 +51,8 @@ final class ModelTests: XCTestCase {
         case 84..<86: return one("CLIENT", "LIST")
         case 86..<88: return one("MONITOR")
         case 88..<90: return one("EXEC")
+        case 90..<91: return rng.chance(0.5) ? one("SCRIPT", "KILL") : one("FUNCTION", "KILL")
+        case 91..<92: return one("SCRIPT", "FLUSH")
         default: return one("MGET", k, "k9")
         }
     }
@@ -127,6 +129,11 @@ final class ModelTests: XCTestCase {
             let resume = rng.chance(0.8) ? c.session.subscriptionConfirmed()
                 : c.session.subscriptionRefused(space: .channel, added: c.session.subscriptions[0].sorted { $0.lexicographicallyPrecedes($1) })
             if resume { sim.resumes.append(c.id) }
+        case 92..<94:
+            // A script starts or stops holding a connection (Pool.maintain's stuck flag).
+            guard let u = ups.filter({ $0.ready }).randomElement(using: &rng) else { return }
+            u.stuck.toggle()
+            sim.note("u\(u.id) \(u.stuck ? "stuck" : "answers again")")
         default:
             sim.now += Double(rng.int(1...70)) / 10
             sim.note("now +\(sim.now)")
@@ -177,8 +184,13 @@ final class ModelTests: XCTestCase {
         if pool.connections.count + pool.openings.count > sim.cap {
             sim.fail("\(when): \(pool.connections.count) connections + \(pool.openings.count) opening exceed the cap \(sim.cap)")
         }
-        let leased = pool.connections.filter { $0.role != .shared }.count + pool.openings.filter { $0.role != .shared }.count
-        if sim.cap >= 2 && leased > sim.cap - 1 { sim.fail("\(when): \(leased) leases with a cap of \(sim.cap)") }
+        let leased = pool.connections.filter { $0.role.isLease }.count + pool.openings.filter { $0.role.isLease }.count
+        if sim.cap >= 2 && leased > pool.leaseLimit { sim.fail("\(when): \(leased) leases with a cap of \(sim.cap)") }
+        // One control connection at most, and the data path never takes the slot kept for it.
+        let control = pool.connections.filter { $0.role == .control }.count + pool.openings.filter { $0.role == .control }.count
+        let data = pool.connections.count + pool.openings.count - control
+        if control > 1 { sim.fail("\(when): \(control) control connections") }
+        if data > sim.cap - pool.reserved { sim.fail("\(when): \(data) data connections take the control slot (cap \(sim.cap))") }
         for conn in pool.connections {
             guard case .leased(let id) = conn.role else { continue }
             guard let c = sim.clients[id], !c.closed else {

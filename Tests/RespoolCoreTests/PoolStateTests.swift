@@ -8,13 +8,14 @@ final class PoolHarness {
     var pool: PoolState!
     var pending: [ConnHandle: Int] = [:]
     var busy: Set<ConnHandle> = []
+    var stuck: Set<ConnHandle> = []
     var actions: [PoolState.Action] = []
     var next = 1
     var now = 100.0
 
     init(_ settings: PoolSettings) {
         pool = PoolState(settings: settings) { [unowned self] h in
-            ConnLoad(pending: self.pending[h] ?? 0, busy: self.busy.contains(h))
+            ConnLoad(pending: self.pending[h] ?? 0, busy: self.busy.contains(h), stuck: self.stuck.contains(h))
         }
     }
 
@@ -80,7 +81,7 @@ final class PoolStateTests: XCTestCase {
     /// The first connection that is not too far behind takes every client (redis-server gains nothing from spreading);
     /// a busy one is passed over; growth stays within the cap.
     func testFillFirstAndTheCap() {
-        let t = PoolHarness(settings(cap: 3))
+        let t = PoolHarness(settings(cap: 4))
         guard let first = use(t.acquire(1)) else { return }
         XCTAssertEqual(t.pool.count, 1)
         t.pending[first] = 5
@@ -93,7 +94,7 @@ final class PoolStateTests: XCTestCase {
         t.busy.insert(second)   // streaming a large reply, say
         t.pending[second] = 1
         for c in 5...20 { _ = t.acquire(c) }
-        XCTAssertEqual(t.pool.count, 3, "grown to the cap")
+        XCTAssertEqual(t.pool.count, 3, "grown to the cap but for the control connection's slot")
         XCTAssertTrue(t.pool.openings.isEmpty, "and never past it")
     }
 
@@ -109,9 +110,12 @@ final class PoolStateTests: XCTestCase {
         XCTAssertEqual(t.pool.count, 1)
     }
 
-    /// At most cap - 1 leases; waiters are served in arrival order, each as soon as a lease is back.
+    /// At most cap - 2 leases (one data connection stays shared, one slot is the control connection's); waiters are
+    /// served in arrival order, each as soon as a lease is back.
     func testLeasesAreCappedAndServedInOrder() {
-        let t = PoolHarness(settings(cap: 3))
+        let t = PoolHarness(settings(cap: 4))
+        XCTAssertEqual(t.pool.leaseLimit, 2)
+        XCTAssertEqual(PoolHarness(settings(cap: 2)).pool.leaseLimit, 1, "no control slot below a cap of 3")
         guard let a = use(t.lease(1)), let b = use(t.lease(2)) else { return }
         XCTAssertEqual(t.lease(3), .wait)
         XCTAssertEqual(t.lease(4), .wait)
@@ -153,7 +157,7 @@ final class PoolStateTests: XCTestCase {
 
     /// A connection opened for a waiter that left before it was opened is not leased to nobody: it is shared.
     func testConnectionOpenedForAWaiterThatLeftIsShared() {
-        let t = PoolHarness(settings(cap: 3))
+        let t = PoolHarness(settings(cap: 4))
         guard let a = use(t.lease(1)), use(t.lease(2)) != nil else { return }
         XCTAssertEqual(t.lease(3), .wait)
         t.pool.endLease(a, clean: false, now: t.now)
@@ -272,5 +276,76 @@ final class PoolStateTests: XCTestCase {
         guard let s = use(t.acquire(2)) else { return }
         t.pool.connected(s, now: t.now)
         XCTAssertTrue(t.drain().contains(.requestCommandTable(s)))
+    }
+
+    /// A shared connection held by a script (no reply for a tick, Pool.maintain) is passed over: new clients get
+    /// another connection, or a new one, where the server answers them (-BUSY) instead of queuing them behind it.
+    /// When the data slots are all taken, the stuck one is the last resort.
+    func testStuckConnectionIsPassedOver() {
+        let t = PoolHarness(settings(cap: 3))
+        guard let a = use(t.acquire(1)) else { return }
+        t.readyAll()
+        t.pending[a] = 1
+        t.stuck.insert(a)
+        guard let b = use(t.acquire(2)) else { return }
+        XCTAssertNotEqual(b, a, "a new connection instead of the stuck one")
+        t.readyAll()
+        t.pending[b] = 1
+        t.stuck.insert(b)
+        XCTAssertEqual(t.pool.count, 2, "the data path has two slots of three")
+        XCTAssertEqual(t.acquire(3), .use(a), "both stuck and no room: the first stuck one (the client waits there)")
+        XCTAssertEqual(t.pool.count, 2, "the control slot is not taken for data")
+        t.stuck.remove(a)
+        t.pending[a] = 0
+        XCTAssertEqual(t.acquire(4), .use(a), "answering again: back in use")
+    }
+
+    /// SCRIPT KILL and friends get the control connection: opened in the kept slot when every data slot is taken,
+    /// never chosen for data, asked again it is the same one, closed when idle past the idle timeout.
+    func testControlConnection() {
+        let t = PoolHarness(settings(cap: 3))
+        guard let s = use(t.acquire(1)), let l = use(t.lease(2)) else { return }
+        t.readyAll()
+        t.pending[s] = 1
+        t.stuck.insert(s)
+        XCTAssertEqual(t.lease(3), .wait, "cap 3: one lease")
+        guard let c = use(t.settle(t.pool.control(client: 4, now: t.now))) else { return }
+        XCTAssertNotEqual(c, s)
+        XCTAssertNotEqual(c, l)
+        XCTAssertEqual(t.pool.connection(c)?.role, .control)
+        XCTAssertEqual(t.pool.connection(c)?.db, 0)
+        XCTAssertEqual(t.pool.count, 3)
+        XCTAssertEqual(use(t.settle(t.pool.control(client: 5, now: t.now))), c, "one control connection")
+        XCTAssertEqual(use(t.settle(t.pool.controlForRespool(now: t.now))), c, "respool's PING and INFO use it too")
+        t.readyAll()
+        XCTAssertEqual(t.acquire(6), .use(s), "data never goes to the control connection")
+        XCTAssertEqual(t.pool.leasedCount, 1, "the control connection is not a lease")
+        t.now += 121
+        t.pool.tick(now: t.now)
+        XCTAssertTrue(t.drain().contains(.close(c, reason: "server_idle_timeout")), "closed when idle")
+    }
+
+    /// Below a cap of 3 no slot is kept: the control connection is opened in a free slot, or an idle shared
+    /// connection serves, or the request waits.
+    func testControlWithoutAKeptSlot() {
+        let t = PoolHarness(settings(cap: 2))
+        guard let s = use(t.acquire(1)) else { return }
+        t.readyAll()
+        XCTAssertEqual(t.pool.reserved, 0)
+        guard case .open(let o) = t.pool.control(client: 2, now: t.now) else { return XCTFail("the free slot") }
+        XCTAssertEqual(o.role, .control)
+        t.pool.openFailed(o, reason: "refused", now: t.now)
+        t.drain()
+        t.now = t.pool.retryAt
+        guard let l = use(t.lease(3)) else { return }
+        t.readyAll()
+        XCTAssertNotEqual(l, s)
+        XCTAssertEqual(t.pool.control(client: 4, now: t.now), .use(s), "an idle shared connection serves")
+        t.pending[s] = 1
+        XCTAssertEqual(t.pool.control(client: 5, now: t.now), .wait, "nothing free: wait")
+        XCTAssertEqual(t.pool.waiters.ordered.map(\.id), [5])
+        t.pool.endLease(l, clean: false, now: t.now)
+        for a in t.drain() { if case .close(let h, _) = a { t.pool.closed(h, now: t.now) } }
+        XCTAssertTrue(t.drain().contains(.grant(client: 5, .control)), "served as soon as a slot is free")
     }
 }

@@ -91,6 +91,8 @@ final class SimUpstream {
     var fifo: [Entry] = []
     var unblocked = false
     var closed = false
+    /// Held by a script or a slow command (what Pool.maintain would report after a tick without replies).
+    var stuck = false
     init(id: Int) {
         self.id = id
         handle = ConnHandle(UnsafeMutableRawPointer(bitPattern: UInt(id) << 4)!)
@@ -122,7 +124,7 @@ final class Simulation {
                                     waitTimeout: 5, defaultDB: 0)
         pool = PoolState(settings: settings) { [unowned self] h in
             let u = self.upstreams[h]!
-            return ConnLoad(pending: u.fifo.count, busy: false)
+            return ConnLoad(pending: u.fifo.count, busy: false, stuck: u.stuck)
         }
         for id in 1...n { clients[id] = SimClient(id: id, context: context) }
         pool.keepWarm(now: now)
@@ -356,6 +358,9 @@ final class Simulation {
                     pool.wait(client: c.id, for: .handshake, now: now)
                     applyPoolActions()
                     return false
+                case .control:
+                    a = settle(pool.control(client: c.id, now: now))
+                    if case .use(let h) = a { c.session.pinned(h) }
                 }
                 switch a {
                 case .use: continue
