@@ -45,6 +45,13 @@ public struct ByteChain {
         return b
     }
 
+    /// The byte at `i` (which must be below `count`), copied out of the chain.
+    public func byte(at i: Int) -> UInt8 {
+        var bytes = [UInt8](repeating: 0, count: i + 1)
+        _ = evbuffer_copyout(raw, &bytes, i + 1)
+        return bytes[i]
+    }
+
     public func drain(_ count: Int) { evbuffer_drain(raw, count) }
     public func removeAll() { evbuffer_drain(raw, evbuffer_get_length(raw)) }
 

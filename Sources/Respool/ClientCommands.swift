@@ -149,10 +149,13 @@ extension ClientConnection {
     func infoLine() -> String {
         let now = proxy.base.now()
         let n = session.name.map { Self.text($0) } ?? ""
+        // In redis-server's order (O monitor, P pub/sub, x MULTI, b blocked, t tracking, U unix socket).
         var flags = ""
-        if session.inMulti { flags += "x" }
+        if session.leaseState?.monitor == true { flags += "O" }
         if session.isSubscribed { flags += "P" }
+        if session.inMulti { flags += "x" }
         if session.isBlocked { flags += "b" }
+        if session.leaseState?.tracking == true { flags += "t" }
         if isUnix { flags += "U" }
         if flags.isEmpty { flags = "N" }
         return "id=\(id) addr=\(peerAddress) laddr=\(localAddress) fd=\(fd) name=\(n) age=\(Int(now - createdAt)) "

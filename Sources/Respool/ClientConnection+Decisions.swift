@@ -116,8 +116,10 @@ extension ClientConnection {
     func applyEffects() {
         while let e = session.nextEffect() {
             switch e {
-            case .endLease(let h, let clean):
-                proxy.pool.endLease(h, clean: clean)
+            case .endLease(let h, let end):
+                proxy.pool.endLease(h, end)
+            case .pinned(let h, let command):
+                proxy.pool.pinned(h, by: self, command: command)
             case .retargetLease(let h, let proto):
                 let u = Pool.connection(h).takeUnretainedValue()
                 u.retarget(proto: proto, db: u.db)

@@ -41,7 +41,7 @@ final class Periodic {
         let pool = proxy.pool!
         proxy.logger.info("stats", metadata: [
             "clients": "\(proxy.clientCount)", "upstreams_shared": "\(pool.state.sharedCount)",
-            "upstreams_leased": "\(pool.leasedCount)", "commands_per_s": "\(Int(rate))", "waiting": "\(pool.waiterCount)",
+            "upstreams_leased": "\(pool.leasedCount)", "upstreams_pinned": "\(pool.pinnedCount)", "commands_per_s": "\(Int(rate))", "waiting": "\(pool.waiterCount)",
             "wait_timeouts": "\(stats[.waitTimeouts])", "commands_failed": "\(stats[.commandsFailed])",
             "protocol_errors": "\(stats[.protocolErrors])", "oom_errors": "\(stats[.oomErrors])",
             "p50": "\(proxy.commandDurations.quantile(0.5).map(Metrics.logSeconds) ?? "-")",

@@ -21,6 +21,8 @@ final class Pool: EventHandler {
     private var retryTimer: Timer?
     private var waitTimer: Timer?
     private var progressTimer: Timer?
+    private var pinLoggedAt: [String: Double] = [:]
+    private var pinsSinceLog: [String: Int] = [:]
     private var resolved: SocketAddress?
 
     /// Output a connection may have unwritten before new clients go elsewhere (fill-first, see PoolState.packLimit).
@@ -115,13 +117,38 @@ final class Pool: EventHandler {
         return answer
     }
 
-    func endLease(_ h: ConnHandle, clean: Bool) {
-        state.endLease(h, clean: clean, now: proxy.base.now())
+    func endLease(_ h: ConnHandle, _ end: ClientSession.LeaseEnd) {
         let u = Self.connection(h).takeUnretainedValue()
+        if end == .reset && !u.isClosed {
+            u.sendReset(name: poolName, db: proxy.config.upstream.db)
+            proxy.stats[.leasesReset] &+= 1
+        }
+        state.endLease(h, end, now: proxy.base.now())
         roleChanged(u)
-        if !u.leased && !u.isClosed && clean { u.rename(poolName) }
+        if !u.leased && !u.isClosed && end == .clean { u.rename(poolName) }
         applyActions()
     }
+
+    /// A client pinned its lease (MONITOR, CLIENT TRACKING): counted, and logged at most once a minute per command
+    /// with how many pins there were since, so an operator sees which code holds connections.
+    func pinned(_ h: ConnHandle, by client: ClientConnection, command: String) {
+        let u = Self.connection(h).takeUnretainedValue()
+        if command == "MONITOR" { u.monitoring = true }
+        proxy.stats[command == "MONITOR" ? .pinsMonitor : .pinsTracking] &+= 1
+        let now = base.now()
+        pinsSinceLog[command, default: 0] += 1
+        guard now - (pinLoggedAt[command] ?? -1_000_000) >= 60 else { return }
+        var meta: Logger.Metadata = ["client.id": "\(client.id)", "client.addr": "\(client.peerAddress)", "command": "\(command)",
+                                     "upstream.id": "\(u.id)", "pins_since_last_line": "\(pinsSinceLog[command] ?? 1)",
+                                     "pinned_now": "\(pinnedCount)"]
+        if let name = client.session.name { meta["client.name"] = "\(String(decoding: name, as: UTF8.self))" }
+        proxy.logger.notice("client pinned an upstream connection (it holds one of the cap until it ends this state)", metadata: meta)
+        pinLoggedAt[command] = now
+        pinsSinceLog[command] = 0
+    }
+
+    /// Leases held by pinned clients (MONITOR, tracking).
+    var pinnedCount: Int { upstreams.reduce(0) { $0 + (($1.leasedTo?._withUnsafeGuaranteedRef { $0.session.isPinned } ?? false) ? 1 : 0) } }
 
     func clientGone(_ id: Int) {
         state.clientGone(id, now: proxy.base.now())

@@ -158,7 +158,7 @@ final class PubSubHub {
         sent.removeAll()
         unconfirmed = [[], [], []]
         subscribedUpstream = [[], [], []]
-        proxy.pool.endLease(u.handle, clean: false)
+        proxy.pool.endLease(u.handle, .close)
     }
 
     // MARK: frames from the subscriber connection

@@ -9,7 +9,7 @@ enum Counter: Int, CaseIterable {
     case leasesGranted, pubsubSubscribes, waitTimeouts, idleTimeouts, transactionIdleTimeouts, outputLimitCloses
     case protocolErrors, upstreamRecycled, commandTimeouts, pipelineThrottles, upstreamChecks, oomErrors
     case keysSeen, keysDenied, keysScanned, pubsubMessages, upstreamConnects, upstreamConnectFailures, upstreamLost
-    case upstreamStuck
+    case upstreamStuck, pinsMonitor, pinsTracking, leasesReset
 
     /// The key in the SIGUSR1 stats line.
     var logName: String {
@@ -47,6 +47,9 @@ enum Counter: Int, CaseIterable {
         case .upstreamConnectFailures: return "upstream_connect_failures"
         case .upstreamLost: return "upstream_lost"
         case .upstreamStuck: return "upstream_stuck"
+        case .pinsMonitor: return "pins_monitor"
+        case .pinsTracking: return "pins_tracking"
+        case .leasesReset: return "leases_reset"
         }
     }
 
@@ -86,6 +89,9 @@ enum Counter: Int, CaseIterable {
         case .upstreamConnectFailures: return [(Metrics.upstreamFailures, nil)]
         case .upstreamLost: return [(Metrics.upstreamLost, nil)]
         case .upstreamStuck: return [(Metrics.upstreamStuck, nil)]
+        case .pinsMonitor: return [(Metrics.pins, "monitor")]
+        case .pinsTracking: return [(Metrics.pins, "tracking")]
+        case .leasesReset: return [(Metrics.leasesReset, nil)]
         }
     }
 }

@@ -71,10 +71,14 @@ final class StatsEndpoint: HTTPHandler {
         var gauges: [String: MetricValues] = [:]
         func gauge(_ def: MetricDefinition, _ v: Double) { gauges[def.name] = MetricValues(def, v) }
         gauge(Metrics.clients, d(proxy.clientCount))
+        let pinned = pool.pinnedCount
+        let control = pool.state.connections.reduce(0) { $0 + ($1.role == .control && $1.phase == .ready ? 1 : 0) }
         gauges[Metrics.upstreams.name] = MetricValues(Metrics.upstreams, [
-            ("shared", d(ups.filter { !$0.leased && $0.hub == nil && $0.state == .ready }.count)),
-            ("leased", d(ups.filter { $0.leased && $0.hub == nil }.count)),
+            ("shared", d(ups.filter { !$0.leased && $0.hub == nil && $0.state == .ready }.count - control)),
+            ("leased", d(ups.filter { $0.leased && $0.hub == nil }.count - pinned)),
+            ("pinned", d(pinned)),
             ("pubsub", d(ups.filter { $0.hub != nil }.count)),
+            ("control", d(control)),
             ("connecting", d(ups.filter { $0.state != .ready }.count)),
         ])
         gauge(Metrics.upstreamsMax, d(pool.cap))
@@ -137,6 +141,7 @@ final class StatsEndpoint: HTTPHandler {
             let state: String
             if s.isSubscribed { state = "subscribed" }
             else if s.isBlocked { state = "blocked" }
+            else if s.isPinned { state = "pinned" }
             else if s.lease != nil { state = "leased" }
             else if case .pool = s.stall { state = "waiting" }
             else { state = "idle" }
@@ -144,7 +149,7 @@ final class StatsEndpoint: HTTPHandler {
             return "{\"id\":\(c.id),\"addr\":\(Metrics.jsonString(c.peerAddress)),\"name\":\(name),\"db\":\(s.db),\"resp\":\(s.proto),"
                 + "\"age\":\(Int(now - c.createdAt)),\"idle\":\(Int(now - c.lastActive)),\"state\":\"\(state)\","
                 + "\"in_flight\":\(s.inFlight),\"last_command\":\(Metrics.jsonString(s.lastCommand.description)),"
-                + "\"output_bytes\":\(c.out.count)}"
+                + "\"output_bytes\":\(c.out.count),\"pin\":\(s.pinReason.map { "\"\($0)\"" } ?? "null")}"
         }
         return items.joined(separator: ",")
     }
@@ -153,7 +158,9 @@ final class StatsEndpoint: HTTPHandler {
         let now = proxy.base.now()
         let items = proxy.pool.upstreams.map { u -> String in
             let control = proxy.pool.state.connection(u.handle)?.role == .control
-            let state = u.hub != nil ? "pubsub" : u.leased ? "leased" : u.state.rawValue != "ready" ? u.state.rawValue : control ? "control" : "shared"
+            let pinned = u.leasedTo?._withUnsafeGuaranteedRef { $0.session.isPinned } ?? false
+            let state = u.hub != nil ? "pubsub" : pinned ? "pinned" : u.leased ? "leased"
+                : u.state.rawValue != "ready" ? u.state.rawValue : control ? "control" : "shared"
             let holder = u.leasedTo.map { String($0.takeUnretainedValue().id) } ?? "null"
             return "{\"id\":\(u.id),\"name\":\(Metrics.jsonString(u.serverName)),\"state\":\"\(state)\",\"resp\":\(u.proto),\"db\":\(u.db),"
                 + "\"age\":\(Int(now - u.createdAt)),\"pending\":\(u.pending),\"commands_served\":\(u.commandsServed),\"leased_to\":\(holder),"

@@ -24,6 +24,8 @@ final class UpstreamConnection: Connection {
         case keepalive, check
         /// COMMAND (classifies module and newer commands, once per process), the advisor's INFO, /healthz's PING.
         case commandTable, advisorInfo, health
+        /// RESET of a lease given back with state on it (then HELLO and SELECT as `retarget`).
+        case reset
     }
 
     /// One FIFO entry: who gets the reply to a request sent.
@@ -69,6 +71,9 @@ final class UpstreamConnection: Connection {
     /// Nothing answered for a whole progress interval with requests waiting (Pool.checkProgress): new clients go
     /// elsewhere.
     var stuck = false
+    /// In MONITOR mode (pinned by a client, until the reply to respool's RESET): the server's monitor lines go to the
+    /// client holding it, or nowhere once it has been given back.
+    var monitoring = false
     var servedAtLastCheck = 0
     var pendingAtLastCheck = false
 
@@ -160,6 +165,24 @@ final class UpstreamConnection: Connection {
         if db != 0 {
             send(.select, ["SELECT", String(db)])
             handshakeSteps += 1
+        }
+    }
+
+    /// A lease given back with state on it (MONITOR, tracking, a transaction, another database): RESET clears
+    /// everything the client set up, then the handshake's HELLO (RESP2, credentials, respool's name) and SELECT.
+    /// Requests queued behind these see a fresh connection.
+    func sendReset(name: String, db d: Int) {
+        let url = proxy.config.upstream
+        send(.reset, ["RESET"])
+        var hello = ["HELLO", "2"]
+        if let password = url.password { hello += ["AUTH", url.username ?? "default", password] }
+        send(.retarget, hello + ["SETNAME", name])
+        serverName = name
+        proto = 2
+        db = 0
+        if d != 0 {
+            send(.retarget, ["SELECT", String(d)])
+            db = d
         }
     }
 
@@ -273,11 +296,29 @@ final class UpstreamConnection: Connection {
                     continue
                 }
                 if framer.kind == UInt8(ascii: ">") && proto == 3 {
-                    // An out-of-band push (none is expected on a shared connection): not a reply, dropped.
+                    // An out-of-band push: not a reply. On a lease it is the holder's (tracking invalidations), in
+                    // the order the server sent it; elsewhere none is expected, and it is dropped.
                     flushRun()
-                    if prefix > 0 { partial.removeAll() }
-                    proxy.logger.debug("push frame dropped", metadata: ["upstream.id": "\(id)"])
+                    if leased, let holder = leasedTo {
+                        unsolicited(frameBytes(fs, end), to: holder)
+                        if isClosed { return }
+                    } else {
+                        if prefix > 0 { partial.removeAll() }
+                        proxy.logger.debug("push frame dropped", metadata: ["upstream.id": "\(id)"])
+                    }
                     continue
+                }
+                if monitoring && framer.kind == UInt8(ascii: "+") {
+                    // A monitor line ("+<seconds>.<micros> [db addr] ..."), or a simple-string reply: only monitor
+                    // lines start with a digit (a monitor cannot run keyspace commands, whose replies might).
+                    let second = prefix >= 2 ? partial.byte(at: 1) : (base + fs + 1 - prefix).load(as: UInt8.self)
+                    if second >= UInt8(ascii: "0") && second <= UInt8(ascii: "9") {
+                        flushRun()
+                        let bytes = frameBytes(fs, end)
+                        if leased, let holder = leasedTo { unsolicited(bytes, to: holder) }
+                        if isClosed { return }
+                        continue
+                    }
                 }
                 guard let entry = fifo.popFirst() else {
                     flushRun()
@@ -350,10 +391,18 @@ final class UpstreamConnection: Connection {
         flushRun()
     }
 
+    /// Output of the server that answers no request (a monitor line, a RESP3 push) for the client holding the lease.
+    private func unsolicited(_ bytes: [UInt8], to holder: Unmanaged<ClientConnection>) {
+        holder._withUnsafeGuaranteedRef { c in
+            guard !c.isClosed else { return }
+            bytes.withUnsafeBytes { c.deliver($0.baseAddress!, count: $0.count) }   // checks the output limit
+        }
+    }
+
     /// Whether the incomplete reply starting at `first` (or already in `partial`) may be streamed: it belongs to a
     /// client (not a request of respool's own) and is not an out-of-band push.
     private func canStreamHead(first: UnsafeRawPointer) -> Bool {
-        guard case .client? = fifo.first else { return false }
+        guard case .client? = fifo.first, !monitoring else { return false }
         let firstByte = partial.isEmpty ? first.load(as: UInt8.self) : partial.firstByte
         return firstByte != UInt8(ascii: ">")
     }
@@ -410,6 +459,12 @@ final class UpstreamConnection: Connection {
                 connectTimer?.cancel()
                 proxy.pool.connected(self)
             }
+        case .reset:
+            if isError {
+                fail(reason: "RESET of a lease given back failed: \(errorText())")
+                return false
+            }
+            monitoring = false
         case .retarget, .keepalive, .check:
             if isError {
                 fail(reason: r == .retarget ? "switching protocol or database failed: \(errorText())" : "PING failed: \(errorText())")

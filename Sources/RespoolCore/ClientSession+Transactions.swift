@@ -6,7 +6,7 @@ extension ClientSession {
     // MARK: leases and transactions
 
     /// How a request sent on the lease changes its transaction state.
-    enum LeaseChange { case none, multi, watch, endTransaction, unwatch }
+    enum LeaseChange { case none, multi, watch, endTransaction, unwatch, monitor }
 
     /// Sends over the client's exclusive connection, leasing one first (after its shared commands are answered),
     /// and applies `change` once the request is on its way.
@@ -30,6 +30,9 @@ extension ClientSession {
             }
         case .unwatch:
             if !l.multi { l.watching = false } // inside MULTI, UNWATCH is only queued
+        case .monitor:
+            if !l.monitor, let h = upstream { outbox.append(.pinned(h, command: "MONITOR")) }
+            l.monitor = true
         }
         mode = .leased(l)
         inFlight += 1
@@ -98,10 +101,12 @@ extension ClientSession {
     public var holdsState: Bool { leaseState?.holdsState ?? false }
 
     /// Gives the lease back: clean (it rejoins the shared set) when nothing is in flight and no state is left on it,
-    /// else its connection is closed. Replies still due on it are dropped by the driver.
+    /// reset when state is left but no reply is due, else its connection is closed (replies still due on it are
+    /// dropped by the driver).
     mutating func endLease() {
         guard case .leased(let l) = mode, let h = upstream else { return }
-        outbox.append(.endLease(h, clean: !l.tainted && !l.holdsState && inFlight == 0))
+        let end: LeaseEnd = inFlight > 0 ? .close : (l.tainted || l.keepsLease) ? .reset : .clean
+        outbox.append(.endLease(h, end))
         mode = .normal
         upstream = nil
         multiQueued = -1
@@ -115,6 +120,9 @@ extension ClientSession {
         upstream = nil
         multiQueued = -1
         if l.holdsState { closeAfterReplies("upstream_lost_during_transaction") }
+        // A monitor (or tracking) client would silently stop getting what it asked for: closed, as a direct
+        // connection to a failed server is.
+        else if l.pinned { closeAfterReplies("upstream_lost_while_pinned") }
         updateFastPath()
     }
 }

@@ -37,9 +37,22 @@ public struct ClientSession {
         public var watching = false
         /// Its connection state was changed by commands respool cannot undo (SELECT, connection commands in MULTI).
         public var tainted = false
+        /// Pinned: server state tied to the connection that lasts beyond a transaction (MONITOR until RESET or the
+        /// client closes; CLIENT TRACKING until it is turned off or RESET).
+        public var monitor = false
+        public var tracking = false
+        /// A transaction's state (MULTI, WATCH): subject to RESPOOL_TRANSACTION_IDLE_TIMEOUT.
         public var holdsState: Bool { multi || watching }
+        public var pinned: Bool { monitor || tracking }
+        /// The lease stays while any of this lasts.
+        public var keepsLease: Bool { holdsState || pinned }
         public init() {}
     }
+
+    /// How a lease goes back: clean (nothing on it: it rejoins the shared set as it is), reset (state on it but no
+    /// reply due: RESET and the handshake's name and database, then it rejoins), close (replies still due: a blocked
+    /// call or a transaction in flight, whose outcome cannot be waited for).
+    public enum LeaseEnd: Equatable, Sendable { case clean, reset, close }
 
     /// What a request that cannot be answered yet waits for.
     public enum Stall: Equatable, Sendable {
@@ -89,8 +102,11 @@ public struct ClientSession {
 
     /// Side effects of a decision or event, drained by the driver.
     public enum Effect: Equatable, Sendable {
-        /// Give the lease back (clean) or close its connection (not clean: its state cannot be trusted).
-        case endLease(ConnHandle, clean: Bool)
+        /// Give the lease back as it is, reset, or close its connection (LeaseEnd).
+        case endLease(ConnHandle, LeaseEnd)
+        /// The client pinned its lease (`command`: MONITOR, CLIENT TRACKING): the driver counts and logs it, and
+        /// routes the server's unsolicited output on it (monitor lines) to the client.
+        case pinned(ConnHandle, command: String)
         /// Switch the leased connection's protocol (HELLO while holding a lease).
         case retargetLease(ConnHandle, proto: Int)
         /// Name the leased connection after the client (CLIENT SETNAME, HELLO SETNAME).
@@ -151,7 +167,7 @@ public struct ClientSession {
     }
     public var inMulti: Bool { leaseState?.multi ?? false }
     /// Blocked in a command (a lease without transaction state, with its reply due).
-    public var isBlocked: Bool { leaseState.map { !$0.holdsState && inFlight > 0 } ?? false }
+    public var isBlocked: Bool { leaseState.map { !$0.keepsLease && inFlight > 0 } ?? false }
     public var isClosing: Bool { lifecycle != .open }
     public var isClosed: Bool {
         if case .closed = lifecycle { return true }
@@ -159,7 +175,16 @@ public struct ClientSession {
     }
     /// Clients the idle timeout never closes: subscribers, clients with replies due (blocked ones included),
     /// waiting for a connection or for their own earlier replies, or scanning.
-    public var isIdleTimeoutExempt: Bool { isSubscribed || inFlight > 0 || stall != .none || mode == .scanning }
+    /// Monitors too: redis-server never times out a MONITOR client (it is flagged as a replica).
+    public var isIdleTimeoutExempt: Bool {
+        isSubscribed || inFlight > 0 || stall != .none || mode == .scanning || leaseState?.monitor == true
+    }
+    public var isPinned: Bool { leaseState?.pinned ?? false }
+    /// What pins the client's lease: "monitor", "tracking" (nil when nothing does).
+    public var pinReason: String? {
+        guard let l = leaseState, l.pinned else { return nil }
+        return l.monitor ? (l.tracking ? "monitor,tracking" : "monitor") : "tracking"
+    }
 
     /// The next side effect for the driver to carry out.
     public mutating func nextEffect() -> Effect? { outbox.isEmpty ? nil : outbox.removeFirst() }
@@ -286,6 +311,9 @@ public struct ClientSession {
             return control()
         case .transaction(let t):
             return transaction(t)
+        case .stateful(.monitor) where context.pinning:
+            if inMulti { return forward() }   // queued; redis refuses it at EXEC
+            return leased(.monitor)
         case .stateful(let kind):
             if inFlight > 0 { return .wait }
             return .reply(RESPWriter.errorLine(CommandTable.refusal(command: r.name.description, kind: kind)), .refused)
@@ -373,7 +401,7 @@ public struct ClientSession {
         case .leased(let l):
             // A blocking command answered, or a transaction ended: the lease goes back. A closed client's lease was
             // given back when it closed.
-            if !l.holdsState && !isClosed { endLease() }
+            if !l.keepsLease && !isClosed { endLease() }
         case .scanning, .refusedTransaction:
             break
         }

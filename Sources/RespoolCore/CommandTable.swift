@@ -19,7 +19,7 @@ public enum StatefulKind: String, Sendable, Equatable {
     public var reason: String {
         switch self {
         case .pubsub: return "its subscription would take a shared connection"
-        case .monitor: return "it would hold an upstream connection for as long as it runs and show every app instance's commands"
+        case .monitor: return "RESPOOL_PINNING=deny: it would hold an upstream connection for as long as it runs"
         case .replication: return "a replica needs a server connection of its own"
         case .connectionState: return "it ties server-side state to one connection, and respool's connections are shared"
         case .cluster: return "respool fronts one server, not a cluster"

@@ -96,6 +96,8 @@ public struct Config: Equatable, Sendable {
     /// Password clients must AUTH with (never printed); nil: no AUTH required.
     public var clientPassword: String?
     public var keysMode: KeysMode
+    /// RESPOOL_PINNING=allow (MONITOR and CLIENT TRACKING pin a connection) or deny (they are refused).
+    public var pinning: Bool
     /// Used when the upstream URL is rediss://.
     public var tls: TLSSettings
 
@@ -171,6 +173,8 @@ public struct Config: Equatable, Sendable {
               help: "Password clients must AUTH (or HELLO AUTH) with, as redis's requirepass; never printed. Upstream credentials come from the URL only."),
         .init(variable: "RESPOOL_KEYS", flag: "keys", defaultText: "warn",
               help: "KEYS guard: allow; warn (log a rate-limited line, count it); deny (error suggesting SCAN); scan (answer KEYS by an incremental SCAN, so the server never blocks)."),
+        .init(variable: "RESPOOL_PINNING", flag: "pinning", defaultText: "allow",
+              help: "allow: a client that sends a command tying server state to its connection (MONITOR, CLIENT TRACKING) gets an upstream connection of its own while that state lasts, counted like a lease; deny: such commands get an error."),
         .init(variable: "RESPOOL_DATABASES", flag: "databases", defaultText: "16",
               help: "Number of databases of the server (its `databases` setting): SELECT accepts 0 to this minus 1."),
         .init(variable: "RESPOOL_MAX_BULK_LENGTH", flag: "max-bulk-length", defaultText: "536870912",
@@ -297,6 +301,15 @@ public struct Config: Equatable, Sendable {
             keysMode = m
         } else {
             keysMode = .warn
+        }
+        if let text = value("RESPOOL_PINNING") {
+            switch text.lowercased() {
+            case "allow": pinning = true
+            case "deny": pinning = false
+            default: throw ConfigError(variable: "RESPOOL_PINNING", message: "must be allow or deny, got \"\(text.prefix(40))\"")
+            }
+        } else {
+            pinning = true
         }
         tls = TLSSettings()
         let tlsVariables = ["RESPOOL_TLS_VERIFY", "RESPOOL_TLS_CA_FILE", "RESPOOL_TLS_CERT_FILE", "RESPOOL_TLS_KEY_FILE", "RESPOOL_TLS_SERVER_NAME"]

@@ -102,6 +102,8 @@ public enum Metrics {
     public static let upstreams = MetricDefinition("respool_upstream_connections", .gauge, "Upstream connections now, by state.", label: "state")
     public static let upstreamsMax = MetricDefinition("respool_upstream_connections_max", .gauge, "The cap on upstream connections.")
     public static let leasesGranted = MetricDefinition("respool_leases_granted_total", .counter, "Exclusive leases granted (transactions, blocking commands).")
+    public static let pins = MetricDefinition("respool_pins_total", .counter, "Clients that pinned their leased connection (MONITOR, CLIENT TRACKING), by command.", label: "command")
+    public static let leasesReset = MetricDefinition("respool_leases_reset_total", .counter, "Leases given back with state on them (a transaction, MONITOR, tracking, another database) and reset with RESET instead of being closed.")
     public static let waitQueue = MetricDefinition("respool_wait_queue_length", .gauge, "Clients waiting for an upstream connection now.")
     public static let waitTimeouts = MetricDefinition("respool_wait_timeouts_total", .counter, "Waits for an upstream connection that timed out.")
     public static let commands = MetricDefinition("respool_commands_total", .counter, "Commands, by how respool handled them.", label: "outcome")
@@ -135,7 +137,7 @@ public enum Metrics {
 
     /// Every definition, in exposition order.
     public static let all: [MetricDefinition] = [
-        clients, clientsAccepted, clientsRejected, clientsClosed, protocolErrors, upstreams, upstreamsMax, leasesGranted,
+        clients, clientsAccepted, clientsRejected, clientsClosed, protocolErrors, upstreams, upstreamsMax, leasesGranted, pins, leasesReset,
         waitQueue, waitTimeouts, commands, commandsByClass, replies, pubsubSubscribers, bytes, upstreamConnects, upstreamFailures, upstreamLost, upstreamStuck, upstreamRecycled,
         commandTimeouts, pipelineThrottles, upstreamChecks, pubsubChannels, pubsubMessages, keys, uptime, eventLoopEvents, commandDuration, waitDuration, roundTrip, oomErrors, serverClients, serverMaxClients,
         serverUsedMemory, serverMaxMemory, serverEvicted, serverRejected,

@@ -417,9 +417,17 @@ public struct PoolState {
 
     /// Takes a lease back: a clean connection (nothing in flight, no state) rejoins the shared set; any other is
     /// closed, since its state (a transaction, a blocked call, a changed name or database) cannot be trusted.
-    public mutating func endLease(_ h: ConnHandle, clean: Bool, now: Double) {
+    /// `.reset`: the driver has queued RESET and the handshake (RESP2, respool's name, the default database) on it,
+    /// so it rejoins the shared set at once; clients that take it queue behind those.
+    public mutating func endLease(_ h: ConnHandle, _ end: ClientSession.LeaseEnd, now: Double) {
         guard let i = index(h), connections[i].role.isLease else { return }
-        if clean && load(h).pending == 0 {
+        if end == .reset {
+            connections[i].role = .shared
+            connections[i].proto = 2
+            connections[i].db = settings.defaultDB
+            connections[i].idleSince = now
+            serveWaiters(now: now)
+        } else if end == .clean && load(h).pending == 0 {
             connections[i].role = .shared
             connections[i].idleSince = now
             serveWaiters(now: now)
@@ -440,6 +448,6 @@ public struct PoolState {
     /// A client went away: it no longer waits, and a lease it held is given back (closed: its state is unknown).
     public mutating func clientGone(_ client: Int, now: Double) {
         waiters.remove(client)
-        if let h = lease(of: client) { endLease(h, clean: false, now: now) }
+        if let h = lease(of: client) { endLease(h, .close, now: now) }
     }
 }

@@ -43,6 +43,8 @@ public struct SessionContext: Sendable {
     public var databases: Int
     public var defaultDB: Int
     public var keysMode: KeysMode
+    /// RESPOOL_PINNING=allow: MONITOR and CLIENT TRACKING pin a connection instead of being refused.
+    public var pinning = true
     /// From the first completed handshake (nil until then).
     public var serverInfo: ServerInfo?
     /// Whether the pub/sub hub of RESP2 / RESP3 has its subscriber connection.
@@ -58,6 +60,7 @@ public struct SessionContext: Sendable {
     public init(config: Config) {
         self.init(clientPassword: config.clientPassword.map { Array($0.utf8) }, databases: config.databases,
                   defaultDB: config.upstream.db, keysMode: config.keysMode)
+        pinning = config.pinning
     }
 }
 

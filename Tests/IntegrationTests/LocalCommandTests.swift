@@ -244,11 +244,11 @@ final class LocalCommandTests: IntegrationTestCase {
         }
     }
 
-    /// Commands that need connection state are refused with "ERR respool: ... '<name>' ..." in their place in the
-    /// pipeline, and the client keeps working.
+    /// With RESPOOL_PINNING=deny, commands that need connection state are refused with "ERR respool: ... '<name>' ..."
+    /// in their place in the pipeline, and the client keeps working.
     func testStatefulCommandsAreRefusedAndClientKeepsWorking() throws {
         try requireRealRespool()
-        try withRedisAndRespool { _, respool in
+        try withRedisAndRespool(env: ["RESPOOL_PINNING": "deny"]) { _, respool in
             let p = keyPrefix()
             let conn = try respool.client(timeout: 5)
             assertReply(try conn.command("SET", "\(p)k", "v0"), Reply.ok, "SET")

@@ -64,7 +64,7 @@ final class ClientSessionTests: XCTestCase {
         XCTAssertEqual(s.replied(), .nothing)
         XCTAssertEqual(s.replied(), .nothing)
         XCTAssertEqual(s.replied(), .nothing)
-        XCTAssertEqual(effects(&s), [.endLease(lease, clean: true)])
+        XCTAssertEqual(effects(&s), [.endLease(lease, .clean)])
         XCTAssertNil(s.lease)
         XCTAssertEqual(s.mode, .normal)
     }
@@ -79,7 +79,7 @@ final class ClientSessionTests: XCTestCase {
         XCTAssertTrue(s.isBlocked)
         XCTAssertTrue(s.isIdleTimeoutExempt)
         _ = s.replied()
-        XCTAssertEqual(effects(&s), [.endLease(lease, clean: true)])
+        XCTAssertEqual(effects(&s), [.endLease(lease, .clean)])
 
         XCTAssertEqual(s.decide(request("WATCH", "k"), context: context), .acquire(.lease(proto: 2, db: 0)))
         s.leased(lease)
@@ -91,7 +91,7 @@ final class ClientSessionTests: XCTestCase {
         _ = s.replied()
         XCTAssertEqual(s.decide(request("UNWATCH"), context: context), .forward(silent: false))
         _ = s.replied()
-        XCTAssertEqual(effects(&s), [.endLease(lease, clean: true)])
+        XCTAssertEqual(effects(&s), [.endLease(lease, .clean)])
     }
 
     /// HELLO while holding a lease switches the leased connection too; SELECT is sent there and taints it.
@@ -110,7 +110,7 @@ final class ClientSessionTests: XCTestCase {
         _ = s.replied()
         _ = s.decide(request("UNWATCH"), context: ctx)
         _ = s.replied()
-        XCTAssertEqual(effects(&s), [.endLease(lease, clean: false)], "a lease whose database was switched is not reused")
+        XCTAssertEqual(effects(&s), [.endLease(lease, .reset)], "a lease whose database was switched is reset before reuse")
         XCTAssertEqual(s.db, 2)
     }
 
@@ -173,7 +173,7 @@ final class ClientSessionTests: XCTestCase {
         XCTAssertEqual(s.replied(), .finishClosing)
         XCTAssertTrue(effects(&s).isEmpty, "still holding WATCH: the lease goes when the client closes")
         s.close(reason: "quit")
-        XCTAssertEqual(effects(&s), [.endLease(lease, clean: false)])
+        XCTAssertEqual(effects(&s), [.endLease(lease, .reset)], "WATCH is left on it, nothing in flight: reset")
         XCTAssertNil(s.lease)
         XCTAssertTrue(s.isClosed)
     }

@@ -50,8 +50,8 @@ final class CommandTableTests: XCTestCase {
 
     func testRefusalNamesTheCommand() {
         let e = CommandTable.refusal(command: "monitor", kind: .monitor)
-        XCTAssertEqual(e, "ERR respool: 'monitor' is not available through the pool (it would hold an upstream connection "
-                       + "for as long as it runs and show every app instance's commands); send it to Redis directly")
+        XCTAssertEqual(e, "ERR respool: 'monitor' is not available through the pool (RESPOOL_PINNING=deny: it would hold an "
+                       + "upstream connection for as long as it runs); send it to Redis directly")
     }
 
     private func args(_ words: String...) -> [[UInt8]] { words.map { Array($0.utf8) } }

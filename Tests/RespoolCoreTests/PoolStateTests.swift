@@ -121,14 +121,14 @@ final class PoolStateTests: XCTestCase {
         XCTAssertEqual(t.lease(4), .wait)
         XCTAssertEqual(t.pool.leasedCount, 2)
         XCTAssertEqual(t.pool.waiters.ordered.map(\.id), [3, 4])
-        t.pool.endLease(a, clean: true, now: t.now)
+        t.pool.endLease(a, .clean, now: t.now)
         XCTAssertEqual(t.pool.connection(a)?.role, .shared, "a clean lease rejoins the shared set")
         XCTAssertTrue(t.drain().contains(.grant(client: 3, .lease(proto: 2, db: 0))), "the first waiter is served")
         guard let l3 = t.pool.lease(of: 3) else { return XCTFail("waiter 3 holds a lease") }
         XCTAssertNotEqual(l3, a, "one connection always stays shared: 3 got a new one")
         XCTAssertNil(t.pool.lease(of: 4), "4 still waits")
         XCTAssertEqual(use(t.lease(3)), l3, "asking again finds it")
-        t.pool.endLease(b, clean: false, now: t.now)
+        t.pool.endLease(b, .close, now: t.now)
         let after = t.drain()
         XCTAssertTrue(after.contains(.close(b, reason: "lease ended with state or commands in flight")), "\(after)")
         t.pool.closed(b, now: t.now)
@@ -160,7 +160,7 @@ final class PoolStateTests: XCTestCase {
         let t = PoolHarness(settings(cap: 4))
         guard let a = use(t.lease(1)), use(t.lease(2)) != nil else { return }
         XCTAssertEqual(t.lease(3), .wait)
-        t.pool.endLease(a, clean: false, now: t.now)
+        t.pool.endLease(a, .close, now: t.now)
         var opened: PoolState.Opening?
         while let act = t.pool.next() {
             if case .close(let h, _) = act { t.pool.closed(h, now: t.now) }
@@ -344,7 +344,7 @@ final class PoolStateTests: XCTestCase {
         t.pending[s] = 1
         XCTAssertEqual(t.pool.control(client: 5, now: t.now), .wait, "nothing free: wait")
         XCTAssertEqual(t.pool.waiters.ordered.map(\.id), [5])
-        t.pool.endLease(l, clean: false, now: t.now)
+        t.pool.endLease(l, .close, now: t.now)
         for a in t.drain() { if case .close(let h, _) = a { t.pool.closed(h, now: t.now) } }
         XCTAssertTrue(t.drain().contains(.grant(client: 5, .control)), "served as soon as a slot is free")
     }

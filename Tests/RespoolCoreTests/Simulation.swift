@@ -259,9 +259,13 @@ final class Simulation {
     func applyEffects(_ c: SimClient) {
         while let e = c.session.nextEffect() {
             switch e {
-            case .endLease(let h, let clean):
-                pool.endLease(h, clean: clean, now: now)
+            case .endLease(let h, let end):
+                // A reset lease gets RESET and the handshake queued before anyone else's commands.
+                if end == .reset { upstreams[h]?.fifo += [.retarget, .retarget] }
+                pool.endLease(h, end, now: now)
                 applyPoolActions()
+            case .pinned:
+                break
             case .retargetLease(let h, let proto):
                 upstreams[h]?.fifo.append(.retarget)
                 pool.switched(h, proto: proto, db: pool.connection(h)?.db ?? 0)
@@ -279,7 +283,7 @@ final class Simulation {
             let anyone = clients.values.contains { !$0.closed && $0.session.proto == proto && $0.session.isSubscribed }
             if !anyone, let c = pool.connections.first(where: { $0.role == .subscriber(proto: proto) }) {
                 context.subscriberReady[proto] = false
-                pool.endLease(c.handle, clean: false, now: now)
+                pool.endLease(c.handle, .close, now: now)
                 applyPoolActions()
             }
         }
