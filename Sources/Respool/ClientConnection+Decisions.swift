@@ -15,7 +15,11 @@ extension ClientConnection {
             if session.hasEffects { applyEffects() }
             switch d {
             case .forward(let silent):
-                send(frame, silent: silent)
+                if r.route == .local(.client), let translated = translatedClientCommand(r) {
+                    translated.withUnsafeBytes { send($0, silent: silent) }
+                } else {
+                    send(frame, silent: silent)
+                }
                 proxy.stats[.commandsForwarded] &+= 1
                 if r.route == .keys { keysSeen(forwarded: true) }
                 return true
@@ -67,6 +71,41 @@ extension ClientConnection {
         }
     }
 
+    /// CLIENT UNBLOCK and CLIENT TRACKING ... REDIRECT name respool's client ids; the server knows its own. Returns the
+    /// command with the id translated (nil: send it as it is): UNBLOCK's target becomes the server id of the lease the
+    /// client is blocked on (0, which no connection has, when it is not blocked: the server answers 0, as it does for
+    /// a client that is not blocked); REDIRECT to the client itself becomes its pinned connection's id, to another
+    /// client the RESP2 subscriber connection's (whose messages on __redis__:invalidate reach the clients subscribed
+    /// to it), and to an unknown id 0 (the server's own error follows).
+    func translatedClientCommand(_ r: Request) -> [UInt8]? {
+        guard r.args.count > 2 else { return nil }
+        var args = r.args
+        switch SmallBytes(lowercasing: r.args[1]) {
+        case SmallBytes("unblock"):
+            guard let target = Int(String(decoding: args[2], as: UTF8.self)) else { return nil }
+            var serverID: Int64 = 0
+            if let x = proxy.clients[target], !x.isClosed, x.session.isBlocked, let lease = x.session.lease {
+                serverID = Pool.connection(lease)._withUnsafeGuaranteedRef { $0.serverID }
+            }
+            args[2] = Array(String(serverID).utf8)
+        case SmallBytes("tracking"):
+            guard let k = args.firstIndex(where: { SmallBytes(lowercasing: $0) == SmallBytes("redirect") }), k + 1 < args.count,
+                  let target = Int(String(decoding: args[k + 1], as: UTF8.self)) else { return nil }
+            var serverID: Int64 = 0
+            let hub = proxy.hub(proto: 2)
+            if target == id, let lease = session.lease {
+                serverID = Pool.connection(lease)._withUnsafeGuaranteedRef { $0.serverID }
+            } else if let x = proxy.clients[target], !x.isClosed, let s = hub.redirectTarget(for: id) {
+                serverID = s
+            }
+            if serverID == 0 { hub.releaseIfUnused() }
+            args[k + 1] = Array(String(serverID).utf8)
+        default:
+            return nil
+        }
+        return RESPWriter.command(args)
+    }
+
     /// Gets what a request needs from the pool: true when it has it (decide again), false when it cannot be had
     /// (the request is answered with the error), nil when the client waits.
     private func obtain(_ need: Need, for r: Request) -> Bool? {
@@ -84,6 +123,11 @@ extension ClientConnection {
             }
         case .subscriber(let proto):
             answer = proxy.pool.subscriber(client: id, proto: proto)
+            if case .use = answer, r.name == SmallBytes("client"), !proxy.sessionContext.subscriberConnected[proto] {
+                // CLIENT TRACKING REDIRECT needs the connection's server id: wait for its handshake.
+                proxy.hub(proto: proto).waitForReady(self)
+                return nil
+            }
         case .handshake:
             proxy.pool.wait(client: id, for: .handshake)
             return nil
@@ -120,6 +164,8 @@ extension ClientConnection {
                 proxy.pool.endLease(h, end)
             case .pinned(let h, let command):
                 proxy.pool.pinned(h, by: self, command: command)
+            case .trackingEnded:
+                proxy.hub(proto: 2).unhold(id)
             case .retargetLease(let h, let proto):
                 let u = Pool.connection(h).takeUnretainedValue()
                 u.retarget(proto: proto, db: u.db)

@@ -284,6 +284,7 @@ final class Pool: EventHandler {
             proxy.logger.notice("upstream reachable again", metadata: ["upstream.id": "\(u.id)", "after_failures": "\(state.failures)"])
         }
         state.connected(u.handle, now: proxy.base.now())
+        u.hub?.upstreamReady()
         proxy.logger.debug("upstream ready", metadata: ["upstream.id": "\(u.id)", "proto": "\(u.proto)"])
         applyActions()
     }

@@ -30,6 +30,11 @@ final class PubSubHub {
     /// Commands sent on the subscriber connection whose replies are still due, oldest first: the server answers each
     /// with one confirmation per name, or with one error for the whole command (an ACL without the channel, say).
     private var sent: [Sent] = []
+    /// Clients tracking with REDIRECT to a client of this hub (RESP2): the server sends their invalidations to this
+    /// connection, which stays open while any of them tracks.
+    private var trackers: Set<Int> = []
+    /// Clients whose CLIENT TRACKING waits for this connection's handshake (its server id).
+    private var readyWaiters: [ClientConnection] = []
 
     struct Waiting {
         let id: Int
@@ -86,6 +91,38 @@ final class PubSubHub {
     func detach() {
         upstream = nil
         proxy.sessionContext.subscriberReady[proto] = false
+        proxy.sessionContext.subscriberConnected[proto] = false
+        trackers.removeAll()
+        wakeReadyWaiters()
+    }
+
+    /// The subscriber connection completed its handshake.
+    func upstreamReady() {
+        proxy.sessionContext.subscriberConnected[proto] = true
+        wakeReadyWaiters()
+    }
+
+    /// `client` waits for the connection's handshake (then decides its CLIENT TRACKING again).
+    func waitForReady(_ client: ClientConnection) { readyWaiters.append(client) }
+
+    private func wakeReadyWaiters() {
+        let w = readyWaiters
+        readyWaiters.removeAll()
+        for c in w where !c.isClosed { proxy.scheduleResume(c) }
+    }
+
+    /// The server id of the subscriber connection, for a CLIENT TRACKING REDIRECT of `tracker`, which holds the
+    /// connection open while it tracks; nil when there is no ready connection.
+    func redirectTarget(for tracker: Int) -> Int64? {
+        guard let u = upstream, u.state == .ready, u.serverID > 0 else { return nil }
+        trackers.insert(tracker)
+        return u.serverID
+    }
+
+    /// `tracker` stopped tracking (OFF, RESET, closed).
+    func unhold(_ tracker: Int) {
+        guard trackers.remove(tracker) != nil else { return }
+        releaseIfUnused()
     }
 
     /// Subscribes `client` to `names` (the hub has its connection). True when the client's confirmations can go
@@ -151,8 +188,8 @@ final class PubSubHub {
     }
 
     /// When nothing is subscribed any more, the subscriber connection is closed (its slot goes back to the pool).
-    private func releaseIfUnused() {
-        guard let u = upstream, refcount.allSatisfy({ $0.isEmpty }), waiting.isEmpty else { return }
+    func releaseIfUnused() {
+        guard let u = upstream, refcount.allSatisfy({ $0.isEmpty }), waiting.isEmpty, trackers.isEmpty, readyWaiters.isEmpty else { return }
         detach()
         u.hub = nil
         sent.removeAll()

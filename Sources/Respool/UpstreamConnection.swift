@@ -63,6 +63,8 @@ final class UpstreamConnection: Connection {
     static let streamThreshold = 16 << 10
     /// The name the server knows this connection by (CLIENT SETNAME).
     var serverName = ""
+    /// The server's id for this connection (from the handshake's HELLO reply; 0 until then).
+    var serverID: Int64 = 0
     /// RESPOOL_COMMAND_TIMEOUT is set: `headSince` is kept (when the oldest unanswered request became the oldest).
     let timingCommands: Bool
     var headSince = 0.0
@@ -451,6 +453,7 @@ final class UpstreamConnection: Connection {
                 return false
             }
             if r == .hello, let decoded = (try? RESPDecoder.decode(bytes)) ?? nil, let info = ServerInfo(helloReply: decoded.value) {
+                serverID = info.connectionID
                 proxy.serverHandshake(info)
             }
             handshakeSteps -= 1

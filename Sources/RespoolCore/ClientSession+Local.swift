@@ -170,9 +170,10 @@ extension ClientSession {
         case .getredir:
             guard args.count == 2 else { return wrongArity("client|getredir") }
             var w = RESPWriter(proto: proto)
-            w.integer(-1)     // tracking is not enabled through respool
+            // As redis: -1 when not tracking, 0 without REDIRECT, else the client the invalidations go to.
+            w.integer(leaseState?.tracking == true ? (trackingRedirect ?? 0) : -1)
             return .reply(w.bytes, .local)
-        case .stateful, .forward:
+        case .forward, .tracking, .unblock:
             // Routed before reaching here; kept total for safety.
             return error(CommandTable.refusal(command: "client|\(sub)", kind: .connectionState))
         }

@@ -6,7 +6,7 @@ extension ClientSession {
     // MARK: leases and transactions
 
     /// How a request sent on the lease changes its transaction state.
-    enum LeaseChange { case none, multi, watch, endTransaction, unwatch, monitor }
+    enum LeaseChange { case none, multi, watch, endTransaction, unwatch, monitor, trackingOn, trackingOff }
 
     /// Sends over the client's exclusive connection, leasing one first (after its shared commands are answered),
     /// and applies `change` once the request is on its way.
@@ -33,6 +33,13 @@ extension ClientSession {
         case .monitor:
             if !l.monitor, let h = upstream { outbox.append(.pinned(h, command: "MONITOR")) }
             l.monitor = true
+        case .trackingOn:
+            if !l.tracking, let h = upstream { outbox.append(.pinned(h, command: "CLIENT TRACKING")) }
+            l.tracking = true
+        case .trackingOff:
+            if l.tracking { outbox.append(.trackingEnded) }
+            l.tracking = false
+            trackingRedirect = nil
         }
         mode = .leased(l)
         inFlight += 1
@@ -49,6 +56,41 @@ extension ClientSession {
         case .exec, .discard: return lease == nil ? forward() : leased(.endTransaction)
         case .unwatch: return lease == nil ? forward() : leased(.unwatch)
         }
+    }
+
+    /// CLIENT TRACKING ON pins the client's connection (RESP3 invalidations come on it as pushes; with REDIRECT the
+    /// driver translates the target) until OFF or RESET; OFF on a client that is not tracking is the server's to
+    /// answer; inside MULTI it is queued on the lease, which is then reset rather than reused.
+    mutating func tracking(_ args: [[UInt8]], context: SessionContext) -> Decision {
+        if inMulti {
+            taintLease()
+            return forward()
+        }
+        let on = args.count > 2 && SmallBytes(lowercasing: args[2]) == SmallBytes("on")
+        let off = args.count > 2 && SmallBytes(lowercasing: args[2]) == SmallBytes("off")
+        guard on || off else { return forward() }   // the server's syntax error
+        if off { return leaseState?.tracking == true ? leased(.trackingOff) : forward() }
+        var redirect: Int?
+        var i = 3
+        while i < args.count {
+            if SmallBytes(lowercasing: args[i]) == SmallBytes("redirect"), i + 1 < args.count {
+                redirect = Int(String(decoding: args[i + 1], as: UTF8.self))
+                i += 1
+            }
+            i += 1
+        }
+        // The lease first (a lease is assigned at its grant, so it is taken before anything else is asked for).
+        guard case .leased = mode else { return leased(.trackingOn) }
+        if let redirect, redirect != Int(id), !context.subscriberConnected[2] {
+            // Invalidations for another client arrive on the RESP2 subscriber connection and are fanned out to
+            // subscribers of __redis__:invalidate: it must exist (and have its server id) before the command goes.
+            // Asked for with nothing in flight, so a failure's error is this command's reply in its place.
+            if inFlight > 0 { return .wait }
+            return .acquire(.subscriber(proto: 2))
+        }
+        let d = leased(.trackingOn)
+        if case .forward = d { trackingRedirect = redirect }
+        return d
     }
 
     /// The pool leased `h` to the client (its shared commands are all answered).
@@ -105,6 +147,8 @@ extension ClientSession {
     /// dropped by the driver).
     mutating func endLease() {
         guard case .leased(let l) = mode, let h = upstream else { return }
+        if l.tracking { outbox.append(.trackingEnded) }
+        trackingRedirect = nil
         let end: LeaseEnd = inFlight > 0 ? .close : (l.tainted || l.keepsLease) ? .reset : .clean
         outbox.append(.endLease(h, end))
         mode = .normal

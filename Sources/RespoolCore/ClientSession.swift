@@ -107,6 +107,8 @@ public struct ClientSession {
         /// The client pinned its lease (`command`: MONITOR, CLIENT TRACKING): the driver counts and logs it, and
         /// routes the server's unsolicited output on it (monitor lines) to the client.
         case pinned(ConnHandle, command: String)
+        /// Tracking ended (OFF, RESET, the lease given back): a hold on the hub for REDIRECT ends with it.
+        case trackingEnded
         /// Switch the leased connection's protocol (HELLO while holding a lease).
         case retargetLease(ConnHandle, proto: Int)
         /// Name the leased connection after the client (CLIENT SETNAME, HELLO SETNAME).
@@ -143,6 +145,9 @@ public struct ClientSession {
     /// A SCRIPT KILL, FUNCTION KILL or SHUTDOWN is in flight on the control connection (database 0, RESP2): the
     /// client's next commands wait for its reply instead of following it there.
     public internal(set) var onControl = false
+    /// CLIENT TRACKING ON REDIRECT <id>: the respool client id the invalidations go to (the driver translates it to
+    /// a server connection id when it sends the command); nil without REDIRECT or when tracking is off.
+    public internal(set) var trackingRedirect: Int?
     @usableFromInline var outbox: [Effect] = []
 
     public init(id: Int, context: SessionContext) {
@@ -325,10 +330,12 @@ public struct ClientSession {
         case .local(let command):
             if command == .client {
                 switch CommandTable.clientSubcommand(r.args.count > 1 ? SmallBytes(lowercasing: r.args[1]) : SmallBytes()) {
-                case .forward: return forward()
-                case .stateful:
+                case .forward, .unblock: return forward()
+                case .tracking where context.pinning: return tracking(r.args, context: context)
+                case .tracking:
+                    // RESPOOL_PINNING=deny.
                     if inFlight > 0 { return .wait }
-                    return .reply(RESPWriter.errorLine(CommandTable.refusal(command: "client|\(SmallBytes(lowercasing: r.args[1]))", kind: .connectionState)), .refused)
+                    return .reply(RESPWriter.errorLine(CommandTable.refusal(command: "client|tracking", kind: .connectionState)), .refused)
                 default: break
                 }
             }

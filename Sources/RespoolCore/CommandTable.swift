@@ -21,7 +21,7 @@ public enum StatefulKind: String, Sendable, Equatable {
         case .pubsub: return "its subscription would take a shared connection"
         case .monitor: return "RESPOOL_PINNING=deny: it would hold an upstream connection for as long as it runs"
         case .replication: return "a replica needs a server connection of its own"
-        case .connectionState: return "it ties server-side state to one connection, and respool's connections are shared"
+        case .connectionState: return "RESPOOL_PINNING=deny: it ties server-side state to one connection"
         case .cluster: return "respool fronts one server, not a cluster"
         }
     }
@@ -280,7 +280,8 @@ public enum CommandTable {
     /// CLIENT subcommands: which are answered locally, which are refused, the rest are forwarded (LIST, PAUSE, HELP...).
     public enum ClientSubcommand: Sendable, Equatable {
         case setname, getname, setinfo, id, info, list, kill, reply, noEvict, noTouch, getredir
-        case stateful
+        /// CLIENT TRACKING (pins the client while on), CLIENT UNBLOCK (its id translated to the server's).
+        case tracking, unblock
         case forward
     }
 
@@ -297,8 +298,9 @@ public enum CommandTable {
         case SmallBytes("no-evict"): return .noEvict
         case SmallBytes("no-touch"): return .noTouch
         case SmallBytes("getredir"): return .getredir
-        case SmallBytes("tracking"), SmallBytes("caching"), SmallBytes("trackinginfo"), SmallBytes("unblock"):
-            return .stateful
+        case SmallBytes("tracking"): return .tracking
+        case SmallBytes("unblock"): return .unblock
+        // CACHING and TRACKINGINFO go where the client's commands go: its pinned connection while it tracks.
         default: return .forward
         }
     }

@@ -9,6 +9,8 @@ public struct ServerInfo: Equatable, Sendable {
     public var mode = "standalone"
     public var role = "master"
     public var modules: RESPValue = .array([])
+    /// The id of the connection the HELLO was sent on (not repeated to clients: each gets its own).
+    public var connectionID: Int64 = 0
 
     public init() {}
 
@@ -29,6 +31,7 @@ public struct ServerInfo: Equatable, Sendable {
             case "mode": mode = v.string ?? mode
             case "role": role = v.string ?? role
             case "modules": modules = v
+            case "id": if case .integer(let n) = v { connectionID = n }
             default: break
             }
             i += 2
@@ -49,6 +52,9 @@ public struct SessionContext: Sendable {
     public var serverInfo: ServerInfo?
     /// Whether the pub/sub hub of RESP2 / RESP3 has its subscriber connection.
     public var subscriberReady: [Bool] = [false, false, false, false]
+    /// Whether that subscriber connection has completed its handshake (its server id is known: CLIENT TRACKING
+    /// REDIRECT to a respool client is translated to it).
+    public var subscriberConnected: [Bool] = [false, false, false, false]
 
     public init(clientPassword: [UInt8]?, databases: Int, defaultDB: Int, keysMode: KeysMode) {
         self.clientPassword = clientPassword

@@ -130,3 +130,109 @@ final class PinningTests: IntegrationTestCase {
         }
     }
 }
+
+/// CLIENT TRACKING (RESP3 pushes on the pinned connection; RESP2 REDIRECT to another respool client through the
+/// subscriber connection) and CLIENT UNBLOCK (respool's ids translated to the server's), each compared with the same
+/// commands sent to the same redis-server directly.
+final class TrackingTests: IntegrationTestCase {
+    func integer(_ v: RESPValue) -> Int64 {
+        if case .integer(let n) = v { return n }
+        XCTFail("not an integer: \(show(v))")
+        return -1
+    }
+
+    /// RESP3, default mode and OPTIN: the tracking client's connection is pinned while tracking is on, and the
+    /// invalidation pushes it gets are byte for byte a direct RESP3 client's; OFF gives the connection back.
+    func testResp3TrackingGetsTheServersInvalidations() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "4"]) { redis, respool in
+            let p = keyPrefix()
+            let writer = try redis.client()
+            let direct = try redis.client(), proxied = try respool.client()
+            for c in [direct, proxied] {
+                _ = try c.command("HELLO", "3")   // (its id differs: not compared)
+                assertReply(try c.command("CLIENT", "TRACKING", "ON"), Reply.ok)
+                assertReply(try c.command("SET", "\(p)a", "1"), Reply.ok)
+                assertReply(try c.command("GET", "\(p)a"), Reply.bulk("1"))
+            }
+            XCTAssertEqual(try respool.metric("respool_upstream_connections", "pinned"), 1)
+            XCTAssertEqual(try respool.metric("respool_pins_total", "tracking"), 1)
+            assertReply(try proxied.command("CLIENT", "GETREDIR"), Reply.int(0), "tracking without REDIRECT")
+            assertReply(try writer.command("SET", "\(p)a", "2"), Reply.ok)
+            let want = try direct.readRawReply(timeout: 10)
+            XCTAssertEqual(try proxied.readRawReply(timeout: 10), want, "the invalidation push: \(showBytes(want))")
+            XCTAssertTrue(want.starts(with: Array(">2\r\n$10\r\ninvalidate\r\n".utf8)), showBytes(want))
+            // OPTIN: only keys read right after CLIENT CACHING YES are tracked.
+            try assertSameReplies(direct: direct, proxied: proxied,
+                                  [["CLIENT", "TRACKING", "ON", "OPTIN"], ["CLIENT", "CACHING", "YES"], ["GET", "\(p)b"],
+                                   ["GET", "\(p)c"], ["CLIENT", "TRACKING", "OFF"], ["CLIENT", "CACHING", "YES"]], "OPTIN")
+            assertReply(try proxied.command("CLIENT", "GETREDIR"), Reply.int(-1), "tracking off")
+            XCTAssertTrue(try waitUntil { try respool.metric("respool_upstream_connections", "pinned") == 0 }, "OFF ends the pin")
+            for c in [direct, proxied] {
+                assertReply(try c.command("CLIENT", "TRACKING", "ON", "OPTIN"), Reply.ok)
+                assertReply(try c.command("CLIENT", "CACHING", "YES"), Reply.ok)
+                assertReply(try c.command("GET", "\(p)b"), .null)
+                assertReply(try c.command("GET", "\(p)c"), .null)
+            }
+            _ = try writer.command("MSET", "\(p)c", "x", "\(p)b", "y")
+            let wantB = try direct.readRawReply(timeout: 10)
+            XCTAssertEqual(try proxied.readRawReply(timeout: 10), wantB, "only b was cached: \(showBytes(wantB))")
+            XCTAssertTrue(String(decoding: wantB, as: UTF8.self).contains("\(p)b"))
+            assertNoStrayReplies(proxied, "no invalidation for c")
+        }
+    }
+
+    /// RESP2 with REDIRECT, the pair redis-py and Lettuce use: one client subscribes to __redis__:invalidate, another
+    /// tracks with REDIRECT to its (respool) id; the subscriber gets the server's invalidation message byte for byte
+    /// as a direct pair does. GETREDIR answers the id given; an unknown id gets the server's error; CLIENT UNBLOCK
+    /// of a respool client blocked in BLPOP unblocks it (TIMEOUT and ERROR), of one not blocked answers 0.
+    func testResp2RedirectAndUnblockTranslateRespoolIds() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "5"]) { redis, respool in
+            let p = keyPrefix()
+            let writer = try redis.client()
+            func pair(_ open: () throws -> TestClient) throws -> (sub: TestClient, tracker: TestClient, subID: Int64) {
+                let sub = try open(), tracker = try open()
+                let subID = integer(try sub.command("CLIENT", "ID"))
+                _ = try sub.command("SUBSCRIBE", "__redis__:invalidate")
+                assertReply(try tracker.command("CLIENT", "TRACKING", "ON", "REDIRECT", String(subID)), Reply.ok)
+                assertReply(try tracker.command("CLIENT", "GETREDIR"), Reply.int(Int(subID)))
+                assertReply(try tracker.command("GET", "\(p)k"), Reply.nilBulk)
+                return (sub, tracker, subID)
+            }
+            let d = try pair { try redis.client() }
+            let r = try pair { try respool.client() }
+            assertReply(try writer.command("SET", "\(p)k", "v"), Reply.ok)
+            let want = try d.sub.readRawReply(timeout: 10)
+            XCTAssertEqual(try r.sub.readRawReply(timeout: 10), want, "the invalidation message: \(showBytes(want))")
+            XCTAssertTrue(String(decoding: want, as: UTF8.self).contains("__redis__:invalidate"))
+            try assertSameReplies(direct: try redis.client(), proxied: try respool.client(),
+                                  [["CLIENT", "TRACKING", "ON", "REDIRECT", "987654"], ["PING"]], "REDIRECT to an unknown id")
+            assertReply(try r.tracker.command("CLIENT", "TRACKING", "OFF"), Reply.ok)
+            _ = try r.sub.command("UNSUBSCRIBE")
+            XCTAssertTrue(try waitUntil { try respool.metric("respool_upstream_connections", "pubsub") == 0 },
+                          "the subscriber connection closes once nobody subscribes or tracks")
+
+            // CLIENT UNBLOCK: the same three cases directly and through respool.
+            func unblockRound(_ open: () throws -> TestClient, blockedID: (TestClient) throws -> Int64) throws -> [[UInt8]] {
+                var out: [[UInt8]] = []
+                for mode in [[], ["ERROR"]] {
+                    let blocked = try open(), other = try open()
+                    let id = try blockedID(blocked)
+                    try blocked.sendCommand(["BLPOP", "\(p)never", "0"])
+                    XCTAssertTrue(try waitUntil { try redis.blockedClients(in: "blpop").count == 1 }, "BLPOP is blocked")
+                    try other.sendCommand(["CLIENT", "UNBLOCK", String(id)] + mode)
+                    out.append(try other.readRawReply(timeout: 10))
+                    out.append(try blocked.readRawReply(timeout: 10))
+                    try other.sendCommand(["CLIENT", "UNBLOCK", String(id)])
+                    out.append(try other.readRawReply(timeout: 10))
+                }
+                return out
+            }
+            let wantUnblock = try unblockRound({ try redis.client() }) { integer(try $0.command("CLIENT", "ID")) }
+            let gotUnblock = try unblockRound({ try respool.client() }) { integer(try $0.command("CLIENT", "ID")) }
+            XCTAssertEqual(gotUnblock, wantUnblock, "\(gotUnblock.map { showBytes($0) }) against \(wantUnblock.map { showBytes($0) })")
+            XCTAssertEqual(wantUnblock.first, Array(":1\r\n".utf8))
+        }
+    }
+}

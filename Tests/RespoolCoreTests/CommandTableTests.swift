@@ -23,7 +23,9 @@ final class CommandTableTests: XCTestCase {
     func testClientSubcommands() {
         XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("setname")), .setname)
         XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("setinfo")), .setinfo)
-        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("tracking")), .stateful)
+        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("tracking")), .tracking)
+        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("unblock")), .unblock)
+        XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("caching")), .forward)
         XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("kill")), .kill)
         XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("list")), .list)
         XCTAssertEqual(CommandTable.clientSubcommand(SmallBytes("reply")), .reply)

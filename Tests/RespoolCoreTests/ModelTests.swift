@@ -53,6 +53,13 @@ final class ModelTests: XCTestCase {
         case 88..<90: return one("EXEC")
         case 90..<91: return rng.chance(0.5) ? one("SCRIPT", "KILL") : one("FUNCTION", "KILL")
         case 91..<92: return one("SCRIPT", "FLUSH")
+        case 92..<93 where !c.modelMaySubscribe:
+            switch rng.int(0...3) {
+            case 0: return one("CLIENT", "TRACKING", "ON")
+            case 1: return one("CLIENT", "TRACKING", "ON", "REDIRECT", "\(rng.int(1...4))")
+            case 2: return one("CLIENT", "TRACKING", "OFF")
+            default: return one("CLIENT", "UNBLOCK", "\(rng.int(1...4))")
+            }
         default: return one("MGET", k, "k9")
         }
     }

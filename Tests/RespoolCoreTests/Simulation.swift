@@ -188,6 +188,7 @@ final class Simulation {
                 }
             case .subscriberLost(let proto):
                 context.subscriberReady[proto] = false
+                context.subscriberConnected[proto] = false
                 for c in clients.values where !c.closed && c.session.proto == proto && c.session.isSubscribed {
                     c.session.subscriberLost()
                     closeClient(c, reason: "upstream_lost_during_subscription")
@@ -200,7 +201,11 @@ final class Simulation {
         }
     }
 
-    func attachHub(_ proto: Int) { context.subscriberReady[proto] = true }
+    /// The simulated hub's connection is connected as soon as it is attached.
+    func attachHub(_ proto: Int) {
+        context.subscriberReady[proto] = true
+        context.subscriberConnected[proto] = true
+    }
 
     /// Answers every request still on `h` with an error (they are replies too) and tells the pool.
     func closeUpstream(_ h: ConnHandle, failed: Bool, whileConnecting: Bool = false) {
@@ -233,6 +238,7 @@ final class Simulation {
     func deliver(_ id: Int, tag: Int?) {
         guard let c = clients[id] else { return }
         if let tag, !c.closed { c.received.append(tag) }
+        if keepFullLog { note("  reply c\(id) #\(tag.map(String.init) ?? "-")") }
         let after = c.session.replied()
         if c.session.inFlight < 0 { fail("c\(id) has \(c.session.inFlight) in flight") }
         if c.session.inFlight == 0 { applyEffects(c) }
@@ -247,6 +253,7 @@ final class Simulation {
     /// A reply for a request respool answered itself.
     func answer(_ c: SimClient, tag: Int, bytes: [UInt8]) {
         if !bytes.isEmpty && !c.closed { c.received.append(tag) }
+        if keepFullLog { note("  answer c\(c.id) #\(tag)\(bytes.isEmpty ? " (silent)" : "")") }
     }
 
     func finishClosingIfDone(_ c: SimClient) {
@@ -264,7 +271,7 @@ final class Simulation {
                 if end == .reset { upstreams[h]?.fifo += [.retarget, .retarget] }
                 pool.endLease(h, end, now: now)
                 applyPoolActions()
-            case .pinned:
+            case .pinned, .trackingEnded:
                 break
             case .retargetLease(let h, let proto):
                 upstreams[h]?.fifo.append(.retarget)
@@ -283,6 +290,7 @@ final class Simulation {
             let anyone = clients.values.contains { !$0.closed && $0.session.proto == proto && $0.session.isSubscribed }
             if !anyone, let c = pool.connections.first(where: { $0.role == .subscriber(proto: proto) }) {
                 context.subscriberReady[proto] = false
+                context.subscriberConnected[proto] = false
                 pool.endLease(c.handle, .close, now: now)
                 applyPoolActions()
             }
