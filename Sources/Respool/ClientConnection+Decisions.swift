@@ -17,6 +17,12 @@ extension ClientConnection {
             case .forward(let silent):
                 if r.route == .local(.client), let translated = translatedClientCommand(r) {
                     translated.withUnsafeBytes { send($0, silent: silent) }
+                } else if r.route == .pubsubCount, !silent, proxy.hasSubscriberConnections, let kind = PubSubCount(r.args) {
+                    Pool.connection(session.upstream!)._withUnsafeGuaranteedRef {
+                        $0.out.append(frame.baseAddress!, count: frame.count)
+                        $0.markDirty()
+                        $0.enqueueCounted(client: self, kind)
+                    }
                 } else {
                     send(frame, silent: silent)
                 }
@@ -53,7 +59,10 @@ extension ClientConnection {
                 }
                 return true
             case .unsubscribe(let space, let removed, let bytes):
-                if !removed.isEmpty { proxy.hub(proto: session.proto).unsubscribe(self, space: space, names: removed) }
+                if !removed.isEmpty, !proxy.hub(proto: session.proto).unsubscribe(self, space: space, names: removed, reply: bytes) {
+                    session.subscriptionPending()   // the reply goes out once the server has unsubscribed
+                    return true
+                }
                 if !bytes.isEmpty { reply(bytes) }
                 return true
             case .scan(let pattern, let silent):

@@ -223,6 +223,13 @@ public final class Proxy: AcceptHandler {
     }
 
     var subscribedChannels: Int { hubs.values.reduce(0) { $0 + $1.channelCount } }
+    /// Whether any subscriber connection exists (else the server's counts need no correction).
+    var hasSubscriberConnections: Bool { hubs.values.contains { $0.upstream != nil } }
+
+    /// What to add to the server's subscriber count of `channel` so that it counts respool's clients (PubSubCount).
+    func subscriberCorrection(_ space: PubSubSpace, _ channel: [UInt8]) -> Int {
+        hubs.values.reduce(0) { $0 + $1.correction(space, channel) }
+    }
     var uptime: Double { monotonicNow() - startedAt }
 
     // MARK: clients

@@ -24,6 +24,8 @@ final class PubSubHub {
     private var unconfirmed: [Set<[UInt8]>] = [[], [], []]
     /// Names the server has confirmed (and that no UNSUBSCRIBE has been sent for since).
     private var subscribedUpstream: [Set<[UInt8]>] = [[], [], []]
+    /// Names whose upstream UNSUBSCRIBE is sent and not yet confirmed (with how many are on their way).
+    private var unconfirmedUnsubscribe: [[[UInt8]: Int]] = [[:], [:], [:]]
     /// Client requests waiting for upstream confirmations, in arrival order.
     private var waiting: [Waiting] = []
     private var nextWaitingID = 0
@@ -42,6 +44,9 @@ final class PubSubHub {
         let space: Space
         let names: [[UInt8]]
         let reply: [UInt8]
+        /// An UNSUBSCRIBE's reply, waiting for the server to confirm the names it unsubscribed upstream (so counts
+        /// asked for after it, PUBSUB NUMPAT say, are the server's as they would be directly).
+        var unsubscribe = false
     }
 
     struct Sent {
@@ -60,6 +65,18 @@ final class PubSubHub {
 
     var channelCount: Int { members[0].count + members[1].count + members[2].count }
 
+    /// What to add to the server's count of `channel` (PubSubCount): this hub's clients on it minus the hub's own
+    /// subscription; for the channel space, its patterns too (each client's matching pattern counts once, as each
+    /// of the hub's does on the server).
+    func correction(_ space: Space, _ channel: [UInt8]) -> Int {
+        var c = (members[space.rawValue][channel]?.count ?? 0) - (subscribedUpstream[space.rawValue].contains(channel) ? 1 : 0)
+        if space == .channel {
+            for (pattern, clients) in members[Space.pattern.rawValue] where Glob.match(pattern, channel) { c += clients.count }
+            for pattern in subscribedUpstream[Space.pattern.rawValue] where Glob.match(pattern, channel) { c -= 1 }
+        }
+        return c
+    }
+
     private static let subscribeWords = ["SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"]
     private static let unsubscribeWords = ["UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"]
 
@@ -73,6 +90,7 @@ final class PubSubHub {
                 unconfirmed[space.rawValue].insert(n)
             } else {
                 subscribedUpstream[space.rawValue].remove(n)
+                unconfirmedUnsubscribe[space.rawValue][n, default: 0] += 1
             }
         }
     }
@@ -150,8 +168,12 @@ final class PubSubHub {
         return true
     }
 
-    /// Removes `client` from `names` (unsubscribing upstream the names nobody wants any more).
-    func unsubscribe(_ client: ClientConnection, space: Space, names: [[UInt8]]) {
+    /// Removes `client` from `names` (unsubscribing upstream the names nobody wants any more). True when the
+    /// client's reply can go at once; else (`reply` given, names unsubscribed upstream) it goes out when the server
+    /// has confirmed them (`ClientConnection.subscriptionAdmitted`), as a direct client's comes after the server
+    /// has removed its subscription.
+    @discardableResult
+    func unsubscribe(_ client: ClientConnection, space: Space, names: [[UInt8]], reply: [UInt8]? = nil) -> Bool {
         var gone: [[UInt8]] = []
         for n in names {
             members[space.rawValue][n]?.removeValue(forKey: ObjectIdentifier(client))
@@ -159,7 +181,14 @@ final class PubSubHub {
             if release(space: space, name: n) { gone.append(n) }
         }
         send(subscribe: false, space: space, names: gone, owner: nil)
+        var waits = false
+        if let reply, !gone.isEmpty, upstream != nil {
+            waiting.append(Waiting(id: nextWaitingID, client: client, space: space, names: gone, reply: reply, unsubscribe: true))
+            nextWaitingID += 1
+            waits = true
+        }
         releaseIfUnused()
+        return !waits
     }
 
     /// One client less wants `name`; true when the upstream subscription should end now (a name whose subscription
@@ -183,7 +212,9 @@ final class PubSubHub {
     }
 
     private func admit(_ w: Waiting) {
-        for n in w.names { members[w.space.rawValue][n, default: [:]][ObjectIdentifier(w.client)] = w.client }
+        if !w.unsubscribe {
+            for n in w.names { members[w.space.rawValue][n, default: [:]][ObjectIdentifier(w.client)] = w.client }
+        }
         w.client.subscriptionAdmitted(w.reply)
     }
 
@@ -194,6 +225,7 @@ final class PubSubHub {
         u.hub = nil
         sent.removeAll()
         unconfirmed = [[], [], []]
+        unconfirmedUnsubscribe = [[:], [:], [:]]
         subscribedUpstream = [[], [], []]
         proxy.pool.endLease(u.handle, .close)
     }
@@ -237,10 +269,19 @@ final class PubSubHub {
             releaseConfirmed()
             releaseIfUnused()
         case "unsubscribe", "punsubscribe", "sunsubscribe":
+            let space: Space = kind == "unsubscribe" ? .channel : kind == "punsubscribe" ? .pattern : .shard
             replyArrived()
+            if let key = name(1) { unsubscribeConfirmed(space, key) }
+            releaseConfirmed()
+            releaseIfUnused()
         default:
             break
         }
+    }
+
+    private func unsubscribeConfirmed(_ space: Space, _ key: [UInt8]) {
+        guard let c = unconfirmedUnsubscribe[space.rawValue][key] else { return }
+        unconfirmedUnsubscribe[space.rawValue][key] = c > 1 ? c - 1 : nil
     }
 
     /// A confirmation counts against the oldest command sent.
@@ -262,6 +303,9 @@ final class PubSubHub {
         let s = sent.removeFirst()
         guard s.subscribe else {
             proxy.logger.warning("unsubscribe refused by the server", metadata: ["error": "\(String(decoding: error, as: UTF8.self))"])
+            for n in s.names { unsubscribeConfirmed(s.space, n) }
+            releaseConfirmed()
+            releaseIfUnused()
             return
         }
         for n in s.names { unconfirmed[s.space.rawValue].remove(n) }
@@ -290,7 +334,9 @@ final class PubSubHub {
         var blocked = Set<ObjectIdentifier>()
         for w in waiting {
             let id = ObjectIdentifier(w.client)
-            let ready = !blocked.contains(id) && !w.names.contains { unconfirmed[w.space.rawValue].contains($0) }
+            let ready = !blocked.contains(id) && !w.names.contains {
+                w.unsubscribe ? unconfirmedUnsubscribe[w.space.rawValue][$0] != nil : unconfirmed[w.space.rawValue].contains($0)
+            }
             if ready {
                 if !w.client.isClosed { admit(w) }
             } else {
@@ -311,6 +357,7 @@ final class PubSubHub {
         refcount = [[:], [:], [:]]
         unconfirmed = [[], [], []]
         subscribedUpstream = [[], [], []]
+        unconfirmedUnsubscribe = [[:], [:], [:]]
         waiting = []
         sent = []
         var seen = Set<ObjectIdentifier>()

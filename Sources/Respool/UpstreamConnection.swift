@@ -36,6 +36,9 @@ final class UpstreamConnection: Connection {
         case silent(Unmanaged<ClientConnection>)
         /// One SCAN step of a client's KEYS (RESPOOL_KEYS=scan).
         case scan(Unmanaged<ClientConnection>)
+        /// A PUBLISH, SPUBLISH or PUBSUB NUMSUB/SHARDNUMSUB whose counts are corrected (its kind is the first of
+        /// `countKinds`).
+        case counted(Unmanaged<ClientConnection>)
         case respool(Internal)
     }
 
@@ -132,6 +135,14 @@ final class UpstreamConnection: Connection {
     }
 
     func enqueueSilent(client: ClientConnection) { push(.silent(Unmanaged.passUnretained(client))) }
+
+    /// Kinds of the `.counted` entries in the FIFO, oldest first.
+    var countKinds: [PubSubCount] = []
+
+    func enqueueCounted(client: ClientConnection, _ kind: PubSubCount) {
+        countKinds.append(kind)
+        push(.counted(Unmanaged.passUnretained(client)))
+    }
 
     /// A SCAN step of `client`'s KEYS.
     func sendScan(_ command: [UInt8], for client: ClientConnection) {
@@ -371,6 +382,22 @@ final class UpstreamConnection: Connection {
                     if prefix > 0 { partial.removeAll() }
                     commandsServed &+= 1
                     client._withUnsafeGuaranteedRef { $0.replyDelivered() }
+                case .counted(let client):
+                    flushRun()
+                    commandsServed &+= 1
+                    let kind = countKinds.removeFirst()
+                    let isError = framer.kind == UInt8(ascii: "-")
+                    proxy.stats[isError ? .errorReplies : .okReplies] &+= 1
+                    let raw = frameBytes(fs, end)
+                    let bytes = isError ? raw : kind.corrected(raw, proto: proto) { self.proxy.subscriberCorrection($0, $1) }
+                    client._withUnsafeGuaranteedRef { c in
+                        if !c.isClosed && !c.doomed {
+                            c.out.append(bytes)
+                            c.markDirty()
+                            c.checkOutputLimit()
+                        }
+                        c.replyDelivered()
+                    }
                 case .scan(let client):
                     flushRun()
                     commandsServed &+= 1
@@ -516,7 +543,7 @@ final class UpstreamConnection: Connection {
                 proxy.health.answered(problem: "the upstream connection closed before answering PING")
             case .respool:
                 break
-            case .client(let c, _), .silent(let c), .scan(let c):
+            case .client(let c, _), .silent(let c), .scan(let c), .counted(let c):
                 answered += 1
                 let silent: Bool
                 if case .silent = e { silent = true } else { silent = false }
@@ -539,6 +566,7 @@ final class UpstreamConnection: Connection {
                 }
             }
         }
+        countKinds.removeAll()
         return answered
     }
 

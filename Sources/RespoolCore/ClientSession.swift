@@ -305,6 +305,8 @@ public struct ClientSession {
                 return .reply(subscribedPing(r.args), .error)
             }
             return forward()
+        case .pubsubCount:
+            return forward()
         case .streamRead:
             return CommandTable.streamReadBlocks(r.args) ? leased(.none) : forward()
         case .blocking:

@@ -69,6 +69,9 @@ public enum CommandRoute: Sendable, Equatable {
     case stateful(StatefulKind)
     /// XREAD / XREADGROUP: blocking only with a BLOCK argument; look at the arguments.
     case streamRead
+    /// PUBLISH, SPUBLISH, PUBSUB: forwarded, and the subscriber counts in the reply (PUBLISH's receivers, NUMSUB,
+    /// SHARDNUMSUB) are corrected from respool's subscriber connections to its clients (PubSubCount).
+    case pubsubCount
     /// SCRIPT and FUNCTION (their KILL) and SHUTDOWN: what must reach the server while a script holds it, so they go to
     /// the control connection, never behind the script on a shared one. Other SCRIPT/FUNCTION subcommands are forwarded.
     case serverControl
@@ -131,6 +134,7 @@ public enum CommandTable {
         t[SmallBytes("xread")] = .streamRead
         for n: StaticString in ["script", "function", "shutdown"] { t[SmallBytes(n)] = .serverControl }
         t[SmallBytes("xreadgroup")] = .streamRead
+        for n: StaticString in ["publish", "spublish", "pubsub"] { t[SmallBytes(n)] = .pubsubCount }
         t[SmallBytes("hello")] = .local(.hello)
         t[SmallBytes("client")] = .local(.client)
         t[SmallBytes("quit")] = .local(.quit)
