@@ -13,7 +13,11 @@ extension ClientConnection {
     /// kills) but its reply is dropped (CLIENT REPLY OFF/SKIP).
     func clientCommand(_ args: [[UInt8]], silent: Bool) {
         replySilenced = silent
-        defer { replySilenced = false }
+        proxy.clientCommandRunning = (id, args)
+        defer {
+            replySilenced = false
+            proxy.clientCommandRunning = nil
+        }
         switch CommandTable.clientSubcommand(SmallBytes(lowercasing: args[1])) {
         case .info:
             guard args.count == 2 else { return wrongArity("client|info") }
@@ -53,7 +57,7 @@ extension ClientConnection {
                 var set = Set<Int>()
                 j += 1
                 while j < args.count {
-                    guard let n = Int(Self.text(args[j])), n > 0 else { return replyError("ERR Invalid client ID") }
+                    guard let n = Int(Self.text(args[j])) else { return replyError("ERR Invalid client ID") }
                     set.insert(n)
                     j += 1
                 }
@@ -91,7 +95,7 @@ extension ClientConnection {
             let value = Self.text(args[j + 1])
             switch key {
             case SmallBytes("id"):
-                guard Int(value) != nil else { return replyError("ERR client-id should be greater than 0") }
+                guard let n = Int(value), n > 0 else { return replyError("ERR client-id should be greater than 0") }
             case SmallBytes("type"):
                 guard ["normal", "master", "replica", "slave", "pubsub"].contains(value.lowercased()) else {
                     return replyError("ERR Unknown client type '\(value)'")
@@ -103,6 +107,8 @@ extension ClientConnection {
                 default: return replyError("ERR syntax error")
                 }
                 continue
+            case SmallBytes("maxage") where !proxy.serverIsAtLeast(7, 4):
+                return replyError("ERR syntax error")   // a filter of Redis 7.4
             case SmallBytes("addr"), SmallBytes("laddr"), SmallBytes("user"), SmallBytes("maxage"):
                 break
             default:
@@ -146,8 +152,19 @@ extension ClientConnection {
     var peerAddress: String { isUnix ? "/unix" : (fd < 0 ? "?" : Socket.peerName(fd)) }
     var localAddress: String { fd < 0 ? "?" : Socket.localName(fd) }
 
+    /// The line in redis-server's CLIENT LIST format, with respool's figures for this client: qbuf is its unprocessed
+    /// input (and, for the client asking, the CLIENT command itself, as redis counts it), argv-mem the asking
+    /// command's arguments, omem its unsent replies, tot-mem those plus the per-client cost measured for an idle
+    /// client (1 KiB); lib-name and lib-ver only when the server is Redis 7.2 or later, whose format has them.
     func infoLine() -> String {
         let now = proxy.base.now()
+        let currentArgs = proxy.clientCommandRunning.flatMap { $0.client == id ? $0.args : nil }
+        let current = currentArgs.map { RESPWriter.command($0).count } ?? 0
+        let argvMem = currentArgs.map { $0.reduce(0) { $0 + $1.count } } ?? 0
+        let qbuf = partial.count + current
+        let library = proxy.serverIsAtLeast(7, 2)
+            ? " lib-name=\(session.libName.map { Self.text($0) } ?? "") lib-ver=\(session.libVersion.map { Self.text($0) } ?? "")" : ""
+        let redir = session.leaseState?.tracking == true ? (session.trackingRedirect ?? 0) : -1
         let n = session.name.map { Self.text($0) } ?? ""
         // In redis-server's order (O monitor, P pub/sub, x MULTI, b blocked, t tracking, U unix socket).
         var flags = ""
@@ -160,8 +177,8 @@ extension ClientConnection {
         if flags.isEmpty { flags = "N" }
         return "id=\(id) addr=\(peerAddress) laddr=\(localAddress) fd=\(fd) name=\(n) age=\(Int(now - createdAt)) "
             + "idle=\(Int(now - lastActive)) flags=\(flags) db=\(session.db) sub=\(session.subscriptions[0].count) psub=\(session.subscriptions[1].count) ssub=\(session.subscriptions[2].count) multi=\(session.inMulti ? session.multiQueued : -1) "
-            + "qbuf=\(partial.count) qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=\(out.count) tot-mem=0 "
-            + "events=r cmd=\(session.lastCommand) user=default "
-            + "redir=-1 resp=\(session.proto) lib-name=\(session.libName.map { Self.text($0) } ?? "") lib-ver=\(session.libVersion.map { Self.text($0) } ?? "")\n"
+            + "qbuf=\(qbuf) qbuf-free=0 argv-mem=\(argvMem) multi-mem=0 rbs=\(partial.count) rbp=\(partial.count) obl=0 oll=0 omem=\(out.count) "
+            + "tot-mem=\(1024 + qbuf + argvMem + out.count) events=\(out.isEmpty ? "r" : "rw") cmd=\(session.lastCommand) user=default "
+            + "redir=\(redir) resp=\(session.proto)\(library)\n"
     }
 }

@@ -164,6 +164,7 @@ final class ClientConnection: Connection {
                     }
                     target._withUnsafeGuaranteedRef { $0.enqueue(client: self) }
                     session.forwardedFast()
+                    session.lastCommand = head.name
                     proxy.stats[.commandsForwarded] &+= 1
                     continue
                 }

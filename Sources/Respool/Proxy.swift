@@ -46,6 +46,8 @@ public final class Proxy: AcceptHandler {
     private var statsEndpoint: StatsEndpoint?
     private(set) var listenDescription = ""
     var activity = ActivityList()
+    /// The CLIENT LIST/INFO/KILL being answered and whose it is (its own line counts it, as redis's does).
+    var clientCommandRunning: (client: Int, args: [[UInt8]])?
     var keysWarnedAt = -1_000_000.0
     var keysSinceWarning = 0
 
@@ -220,6 +222,14 @@ public final class Proxy: AcceptHandler {
         let h = PubSubHub(proxy: self, proto: proto)
         hubs[proto] = h
         return h
+    }
+
+    /// Whether the server (its HELLO's version) is at least major.minor (false while unknown).
+    func serverIsAtLeast(_ major: Int, _ minor: Int) -> Bool {
+        guard let v = sessionContext.serverInfo?.version else { return false }
+        let parts = v.split(separator: ".").compactMap { Int($0) }
+        guard parts.count >= 2 else { return false }
+        return parts[0] > major || (parts[0] == major && parts[1] >= minor)
     }
 
     var subscribedChannels: Int { hubs.values.reduce(0) { $0 + $1.channelCount } }

@@ -141,7 +141,8 @@ public struct ClientSession {
     public internal(set) var pubsubPending = 0
     /// Commands queued in the current MULTI (CLIENT LIST's multi=), -1 outside MULTI.
     public var multiQueued = -1
-    public internal(set) var lastCommand = SmallBytes()
+    /// The last command's name as CLIENT LIST's cmd= shows it ("get", "client|list"); the driver's fast path sets it.
+    public var lastCommand = SmallBytes()
     /// A SCRIPT KILL, FUNCTION KILL or SHUTDOWN is in flight on the control connection (database 0, RESP2): the
     /// client's next commands wait for its reply instead of following it there.
     public internal(set) var onControl = false
@@ -245,7 +246,7 @@ public struct ClientSession {
             d = .reply([], kind)
             fallthrough
         default:
-            lastCommand = r.name
+            lastCommand = CommandTable.reportedName(r)
             if silent {
                 switch d {
                 case .forward: d = .forward(silent: true)

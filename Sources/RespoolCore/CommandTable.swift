@@ -217,6 +217,16 @@ public enum CommandTable {
     nonisolated(unsafe) private static var known: Known?
 
     /// The name redis-server uses for a command in its errors: "get", or "client|list" for a subcommand.
+    /// Commands whose CLIENT LIST cmd= names the subcommand too ("client|list").
+    static let containers: Set<SmallBytes> = Set(["client", "config", "acl", "cluster", "command", "function", "latency",
+        "memory", "module", "object", "pubsub", "script", "slowlog", "xinfo", "xgroup"].map { SmallBytes(lowercasing: Array($0.utf8)) })
+
+    /// A request's name as redis-server reports it in CLIENT LIST's cmd=: the subcommand too for container commands.
+    public static func reportedName(_ r: Request) -> SmallBytes {
+        guard r.args.count >= 2, containers.contains(r.name) else { return r.name }
+        return SmallBytes(lowercasing: r.args[0] + [UInt8(ascii: "|")] + r.args[1])
+    }
+
     public static func fullName(_ args: [[UInt8]]) -> String {
         guard let first = args.first else { return "" }
         let name = String(decoding: first, as: UTF8.self).lowercased()

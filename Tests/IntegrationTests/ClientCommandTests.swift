@@ -114,4 +114,86 @@ final class ClientCommandTests: IntegrationTestCase {
             XCTAssertTrue(after.contains("name=\(prefix):pool"), after)
         }
     }
+
+    /// The line of one client: its fields in order, and their values.
+    private func line(_ v: RESPValue) -> [(String, String)] {
+        let text: String
+        switch v {
+        case .verbatim(_, let t): text = String(decoding: t, as: UTF8.self)
+        default: text = v.string ?? ""
+        }
+        return text.split(separator: "\n").first.map { l in
+            l.split(separator: " ").map { f in
+                let parts = f.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                return (String(parts[0]), parts.count > 1 ? String(parts[1]) : "")
+            }
+        } ?? []
+    }
+
+    /// CLIENT INFO through respool against a direct client of the same redis-server in the same states: the same
+    /// fields in the same order, and the same values wherever they describe the client rather than a process or a
+    /// socket (flags, db, subscriptions, multi, qbuf and argv-mem of the CLIENT INFO itself, events, cmd with its
+    /// subcommand, redir, resp). CLIENT KILL's and CLIENT LIST's argument errors are the server's, byte for byte.
+    func testClientInfoAndKillMatchRedisFieldForField() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "5"]) { redis, respool in
+            let p = keyPrefix()
+            let compared = ["flags", "db", "sub", "psub", "ssub", "multi", "qbuf", "argv-mem", "multi-mem", "obl", "oll",
+                            "events", "cmd", "user", "redir", "resp"]
+            func compare(_ context: String, _ setUp: (TestClient) throws -> Void) throws {
+                let d = try redis.client(), r = try respool.client()
+                try setUp(d)
+                try setUp(r)
+                let want = line(try d.command("CLIENT", "INFO")), got = line(try r.command("CLIENT", "INFO"))
+                XCTAssertEqual(got.map(\.0), want.map(\.0), "\(context): the fields and their order")
+                let w = Dictionary(want, uniquingKeysWith: { a, _ in a }), g = Dictionary(got, uniquingKeysWith: { a, _ in a })
+                for f in compared where g[f] != w[f] {
+                    XCTFail("\(context): \(f)=\(g[f] ?? "-") through respool, \(f)=\(w[f] ?? "-") directly")
+                }
+            }
+            try compare("fresh") { _ in }
+            try compare("after GET, in db 3") { c in
+                _ = try c.command("SELECT", "3")
+                _ = try c.command("GET", "\(p)k")
+            }
+            try compare("RESP3, tracking") { c in
+                _ = try c.command("HELLO", "3")
+                _ = try c.command("CLIENT", "TRACKING", "ON")
+            }
+            try compare("named, after CONFIG GET") { c in
+                _ = try c.command("CLIENT", "SETNAME", "n1")
+                _ = try c.command("CONFIG", "GET", "maxmemory")
+            }
+            // A blocked client and a monitor as another client's CLIENT LIST shows them.
+            func flagsOf(_ open: () throws -> TestClient, _ start: [String], asker: TestClient) throws -> (String?, String?) {
+                let c = try open()
+                let id = try c.command("CLIENT", "ID")
+                try c.sendCommand(start)
+                guard case .integer(let n) = id else { return (nil, nil) }
+                var entry: [(String, String)] = []
+                XCTAssertTrue(try waitUntil {
+                    entry = line(try asker.command("CLIENT", "LIST", "ID", String(n)))
+                    let d = Dictionary(entry, uniquingKeysWith: { a, _ in a })
+                    return d["cmd"] == start[0].lowercased()
+                }, "\(start) shows in CLIENT LIST: \(entry)")
+                let d = Dictionary(entry, uniquingKeysWith: { a, _ in a })
+                c.close()
+                return (d["flags"], d["cmd"])
+            }
+            for start in [["BLPOP", "\(p)never", "0"], ["MONITOR"]] {
+                let want = try flagsOf({ try redis.client() }, start, asker: try redis.client())
+                let got = try flagsOf({ try respool.client() }, start, asker: try respool.client())
+                XCTAssertEqual(got.0, want.0, "\(start[0]): flags")
+                XCTAssertEqual(got.1, want.1, "\(start[0]): cmd")
+            }
+            try assertSameReplies(direct: try redis.client(), proxied: try respool.client(), [
+                ["CLIENT", "KILL", "ID", "-1"], ["CLIENT", "KILL", "ID", "0"], ["CLIENT", "KILL", "ID", "abc"],
+                ["CLIENT", "KILL", "ID", "987654"], ["CLIENT", "KILL", "1.2.3.4:5"], ["CLIENT", "KILL", "BOGUS", "x"],
+                ["CLIENT", "KILL", "TYPE", "bogus"], ["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "maybe"],
+                ["CLIENT", "KILL", "LADDR", "1.2.3.4:5"], ["CLIENT", "KILL", "MAXAGE", "100000"], ["CLIENT", "KILL", "ID"],
+                ["CLIENT", "KILL"], ["CLIENT", "KILL", "ADDR", "1.2.3.4:5", "ID", "5"], ["CLIENT", "LIST", "TYPE", "bogus"],
+                ["CLIENT", "LIST", "ID", "abc"], ["CLIENT", "LIST", "ID", "0"], ["CLIENT", "LIST", "ID", "-5", "987654"],
+            ], "CLIENT KILL and LIST arguments")
+        }
+    }
 }
