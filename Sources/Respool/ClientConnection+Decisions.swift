@@ -52,14 +52,14 @@ extension ClientConnection {
                 return true
             case .subscribe(let space, let added, let confirmation):
                 proxy.stats[.pubsubSubscribes] &+= r.args.count - 1
-                if proxy.hub(proto: session.proto).subscribe(self, space: space, names: added, reply: confirmation) {
+                if proxy.hub(proto: session.proto, user: session.user).subscribe(self, space: space, names: added, reply: confirmation) {
                     if !confirmation.isEmpty { reply(confirmation) }
                 } else {
                     session.subscriptionPending()
                 }
                 return true
             case .unsubscribe(let space, let removed, let bytes):
-                if !removed.isEmpty, !proxy.hub(proto: session.proto).unsubscribe(self, space: space, names: removed, reply: bytes) {
+                if !removed.isEmpty, !proxy.hub(proto: session.proto, user: session.user).unsubscribe(self, space: space, names: removed, reply: bytes) {
                     session.subscriptionPending()   // the reply goes out once the server has unsubscribed
                     return true
                 }
@@ -76,6 +76,16 @@ extension ClientConnection {
                 proxy.stats[.commandsLocal] &+= 1
                 clientCommand(r.args, silent: silent)
                 return true
+            case .verify(let user, let password):
+                if let known = proxy.credentials.known(user: user, password: password, now: proxy.base.now()) {
+                    session.authChecked(.verified(user: known))
+                    continue
+                }
+                if let refusal = proxy.pool.verify(self, user: user, password: password) {
+                    session.authChecked(.refused(RESPWriter.errorLine(refusal)))
+                    continue
+                }
+                return false
             }
         }
     }
@@ -101,7 +111,7 @@ extension ClientConnection {
             guard let k = args.firstIndex(where: { SmallBytes(lowercasing: $0) == SmallBytes("redirect") }), k + 1 < args.count,
                   let target = Int(String(decoding: args[k + 1], as: UTF8.self)) else { return nil }
             var serverID: Int64 = 0
-            let hub = proxy.hub(proto: 2)
+            let hub = proxy.hub(proto: 2, user: session.user)
             if target == id, let lease = session.lease {
                 serverID = Pool.connection(lease)._withUnsafeGuaranteedRef { $0.serverID }
             } else if let x = proxy.clients[target], !x.isClosed, let s = hub.redirectTarget(for: id) {
@@ -120,8 +130,8 @@ extension ClientConnection {
     private func obtain(_ need: Need, for r: Request) -> Bool? {
         let answer: PoolState.Answer
         switch need {
-        case .shared(let proto, let db):
-            answer = proxy.pool.acquire(client: id, proto: proto, db: db)
+        case .shared(let proto, let db, let user):
+            answer = proxy.pool.acquire(client: id, proto: proto, db: db, user: user)
             if case .use(let h) = answer { session.pinned(h) }
         case .lease:
             answer = proxy.pool.lease(client: self)
@@ -130,11 +140,12 @@ extension ClientConnection {
                 proxy.stats[.leasesGranted] &+= 1
                 applyEffects()
             }
-        case .subscriber(let proto):
-            answer = proxy.pool.subscriber(client: id, proto: proto)
-            if case .use = answer, r.name == SmallBytes("client"), !proxy.sessionContext.subscriberConnected[proto] {
+        case .subscriber(let proto, let user):
+            answer = proxy.pool.subscriber(client: id, proto: proto, user: user)
+            if case .use = answer, r.name == SmallBytes("client"),
+               !proxy.sessionContext.subscriberConnected.contains(SessionContext.hubKey(proto: proto, user: user)) {
                 // CLIENT TRACKING REDIRECT needs the connection's server id: wait for its handshake.
-                proxy.hub(proto: proto).waitForReady(self)
+                proxy.hub(proto: proto, user: user).waitForReady(self)
                 return nil
             }
         case .handshake:
@@ -174,7 +185,7 @@ extension ClientConnection {
             case .pinned(let h, let command):
                 proxy.pool.pinned(h, by: self, command: command)
             case .trackingEnded:
-                proxy.hub(proto: 2).unhold(id)
+                proxy.hub(proto: 2, user: session.user).unhold(id)
             case .retargetLease(let h, let proto):
                 let u = Pool.connection(h).takeUnretainedValue()
                 u.retarget(proto: proto, db: u.db)
@@ -186,7 +197,7 @@ extension ClientConnection {
                 let name = session.name.map { "\(prefix):\(String(decoding: $0, as: UTF8.self))" } ?? proxy.pool.poolName
                 Pool.connection(h)._withUnsafeGuaranteedRef { $0.rename(name) }
             case .unsubscribeAll(let proto, let names):
-                proxy.hub(proto: proto).forget(self, names: names)
+                proxy.hub(proto: proto, user: session.user).forget(self, names: names)
             }
         }
     }
@@ -203,6 +214,12 @@ extension ClientConnection {
 
     /// The hub admitted this client's pending subscriptions: its confirmations go out now (none under CLIENT REPLY
     /// OFF/SKIP).
+    /// The server's answer to the client's credential (Pool.verify): the stalled AUTH or HELLO is decided again.
+    func credentialChecked(_ outcome: ClientSession.AuthOutcome) {
+        session.authChecked(outcome)
+        proxy.scheduleResume(self)
+    }
+
     func subscriptionAdmitted(_ reply: [UInt8]) {
         if isClosed { return }
         if !reply.isEmpty {

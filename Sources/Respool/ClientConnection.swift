@@ -127,14 +127,14 @@ final class ClientConnection: Connection {
                 if session.fastPath, !head.isInline, CommandTable.route(head.name) == .forward {
                     var pinned = session.upstream
                     if pinned == nil {
-                        switch proxy.pool.acquire(client: id, proto: session.proto, db: session.db) {
+                        switch proxy.pool.acquire(client: id, proto: session.proto, db: session.db, user: session.user) {
                         case .use(let h):
                             session.pinned(h)
                             pinned = h
                         case .wait:
                             // Stall this request and everything after it until the pool has a connection.
                             flushRun()
-                            session.waitFor(.shared(proto: session.proto, db: session.db))
+                            session.waitFor(.shared(proto: session.proto, db: session.db, user: session.user))
                             stallInput(head: head, bytes: base + fs, count: n - fs, frameLength: prefix + end - fs)
                             return
                         case .fail(let why):
@@ -205,7 +205,8 @@ final class ClientConnection: Connection {
     /// Called (after the loop iteration) when the reason for a stall may be gone: the stalled request is decided
     /// again (or answered with the pool's failure), then the rest of the input.
     func resume() {
-        let failure = proxy.waitFailures.removeValue(forKey: id)
+        var failure = proxy.waitFailures.removeValue(forKey: id)
+        if case .pool = session.stall {} else { failure = nil }   // not (or no longer) waiting for the pool
         guard !isClosed, session.stall != .none || failure != nil else { return }
         let bytes = partial.copyBytes()
         partial.removeAll()
@@ -232,8 +233,10 @@ final class ClientConnection: Connection {
     }
 
     /// The pool will not give what the stalled request waits for (the wait timed out, or the server is unreachable).
+    /// It may come while the client is still being told to wait (the pool's actions are carried out before the
+    /// caller of `acquire` records the stall): kept, and answered at the resume if the client then waits.
     func waitFailed(_ failure: PoolState.Failure) {
-        guard !isClosed, case .pool = session.stall else { return }
+        guard !isClosed else { return }
         proxy.waitFailures[id] = failure
         proxy.scheduleResume(self)
     }

@@ -1,5 +1,6 @@
-// Health: /healthz. Healthy means respool accepts clients and the upstream answers a PING on a shared connection
-// within 2 s (on the control connection when a script holds every shared one: the server's -BUSY is then the verdict). Probes that arrive while a PING is in flight share its answer; the PING is an internal request of the
+// Health: /healthz. Healthy means respool accepts clients and the upstream answers a PING on a shared connection,
+// and accepts respool's credentials again (AUTH: a password changed on the server shows here, before any new
+// connection fails), within 2 s (on the control connection when a script holds every shared one: the server's -BUSY is then the verdict). Probes that arrive while a PING is in flight share its answer; the PING is an internal request of the
 // connection (UpstreamConnection.Internal.health) whose reply, failure or timeout answers every waiting probe.
 import EventLoop
 import RespoolCore
@@ -28,6 +29,7 @@ final class Health {
         waiters.append(reply)
         if waiters.count > 1 { return }
         u!.send(.health, ["PING"])
+        u!.send(.healthAuth, u!.ownAuth)
         if timer == nil {
             let h = OneShot { [weak self] in self?.answered(problem: "upstream did not answer PING within \(Health.timeout)s") }
             if let t = try? Timer(base: proxy.base, handler: h) { timer = (h, t) }

@@ -62,6 +62,11 @@ final class Janitor: EventHandler {
         let now = proxy.base.now()
         sweep(now: now)
         proxy.pool.maintain(now: now)
+        if proxy.credentials.count > 0 {
+            var inUse = Set(proxy.clients.values.map { $0.session.user })
+            for u in proxy.pool.upstreams { inUse.insert(u.user) }
+            proxy.credentials.sweep(inUse: inUse, now: now)
+        }
         proxy.periodic.tick(now: now)
     }
 

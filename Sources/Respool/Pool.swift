@@ -37,7 +37,7 @@ final class Pool: EventHandler {
         base = proxy.base
         state = PoolState(settings: PoolSettings(config: proxy.config)) { h in
             Unmanaged<UpstreamConnection>.fromOpaque(h.raw)._withUnsafeGuaranteedRef {
-                ConnLoad(pending: $0.fifo.count, busy: $0.streamed > 0 || $0.out.count >= Pool.packBytes, stuck: $0.stuck)
+                ConnLoad(pending: $0.fifo.count, busy: $0.streamed > 0 || $0.out.count >= Pool.packBytes, stuck: $0.stuck || $0.verifying > 0)
             }
         }
         super.init()
@@ -61,23 +61,38 @@ final class Pool: EventHandler {
 
     /// A shared connection for a client with nothing in flight (fill-first); `.wait` queued the client.
     @inline(__always)
-    func acquire(client: Int, proto: Int, db: Int) -> PoolState.Answer {
-        let a = state.acquire(client: client, proto: proto, db: db, now: base.now())
+    func acquire(client: Int, proto: Int, db: Int, user: Int = 0) -> PoolState.Answer {
+        let a = state.acquire(client: client, proto: proto, db: db, user: user, now: base.now())
         return settle(a)
     }
 
     /// An exclusive connection for `client`; `.wait` queued it.
     func lease(client: ClientConnection) -> PoolState.Answer {
-        let a = settle(state.lease(client: client.id, proto: client.session.proto, db: client.session.db, now: proxy.base.now()))
+        let a = settle(state.lease(client: client.id, proto: client.session.proto, db: client.session.db, user: client.session.user,
+                                   now: proxy.base.now()))
         if case .use(let h) = a { roleChanged(Self.connection(h).takeUnretainedValue()) }
         return a
     }
 
     /// The subscriber connection of `proto` for `client`'s SUBSCRIBE; given to the hub when there is one.
-    func subscriber(client: Int, proto: Int) -> PoolState.Answer {
-        let a = settle(state.subscriber(client: client, proto: proto, now: proxy.base.now()))
+    func subscriber(client: Int, proto: Int, user: Int) -> PoolState.Answer {
+        let a = settle(state.subscriber(client: client, proto: proto, user: user, now: proxy.base.now()))
         if case .use(let h) = a { roleChanged(Self.connection(h).takeUnretainedValue()) }
         return a
+    }
+
+    /// Asks the server whether a client's credential is good: AUTH with it on the control connection (opened if need
+    /// be; with a cap below 3, an idle shared connection, which new clients pass over meanwhile), then AUTH with that
+    /// connection's own credential again. The answer comes to `client.credentialChecked`. Returns the error to answer
+    /// with when no connection can carry the check now.
+    func verify(_ client: ClientConnection, user: [UInt8]?, password: [UInt8]) -> String? {
+        var target: ConnHandle? = state.connections.first(where: { $0.role == .control })?.handle
+        if target == nil, case .use(let h) = settle(state.controlForRespool(now: base.now())) { target = h }
+        guard let h = target else { return state.unavailableError }
+        let u = Self.connection(h).takeUnretainedValue()
+        guard !u.isClosed else { return state.unavailableError }
+        u.sendVerification(for: client, user: user, password: password)
+        return nil
     }
 
     /// The control connection for `client`'s SCRIPT KILL, FUNCTION KILL or SHUTDOWN.
@@ -120,7 +135,7 @@ final class Pool: EventHandler {
     func endLease(_ h: ConnHandle, _ end: ClientSession.LeaseEnd) {
         let u = Self.connection(h).takeUnretainedValue()
         if end == .reset && !u.isClosed {
-            u.sendReset(name: poolName, db: proxy.config.upstream.db)
+            u.sendReset(name: poolName, db: proxy.config.upstream.db)   // with its own user's credential
             proxy.stats[.leasesReset] &+= 1
         }
         state.endLease(h, end, now: proxy.base.now())
@@ -183,8 +198,8 @@ final class Pool: EventHandler {
                 if let c = proxy.clients[client] { c.waitFailed(failure) }
             case .leaseLost(let client):
                 proxy.clients[client]?.leaseLost()
-            case .subscriberLost(let proto):
-                proxy.hub(proto: proto).connectionLost()
+            case .subscriberLost(let proto, let user):
+                proxy.hub(proto: proto, user: user).connectionLost()
             case .requestCommandTable(let h):
                 Self.connection(h)._withUnsafeGuaranteedRef { $0.send(.commandTable, ["COMMAND"]) }
             case .retry(let after):
@@ -205,7 +220,7 @@ final class Pool: EventHandler {
         case .subscriber(let proto)?:
             u.leased = true
             u.leasedTo = nil
-            proxy.hub(proto: proto).attach(u)
+            proxy.hub(proto: proto, user: u.user).attach(u)
         default:
             u.leased = false
             u.leasedTo = nil
@@ -243,6 +258,7 @@ final class Pool: EventHandler {
             return nil
         }
         let u = UpstreamConnection(proxy: proxy, fd: fd, id: nextId, proto: o.proto, db: o.db)
+        u.user = o.user
         nextId += 1
         do {
             try u.setUpEvents(read: false)
@@ -302,6 +318,18 @@ final class Pool: EventHandler {
 
     func failed(_ u: UpstreamConnection, reason: String, whileConnecting: Bool, failedCommands: Int) {
         forget(u)
+        if u.user != 0, let refusal = u.handshakeError {
+            // The server refused a client's credential (changed since it was checked): not the server's health, so
+            // nothing backs off; that user's waiting clients get the server's error.
+            proxy.credentials.refused(u.user)
+            proxy.stats[.upstreamConnectFailures] &+= 1
+            proxy.logger.warning("upstream refused a client's credential", metadata: [
+                "upstream.id": "\(u.id)", "user": "\(proxy.credentials.userName(u.user))", "reason": "\(refusal)"])
+            state.failed(u.handle, reason: reason, whileConnecting: false, now: proxy.base.now())
+            state.userRefused(u.user, error: refusal)
+            applyActions()
+            return
+        }
         var meta: Logger.Metadata = ["upstream.id": "\(u.id)", "reason": "\(reason)", "failed_commands": "\(failedCommands)"]
         if whileConnecting {
             resolved = nil

@@ -15,6 +15,8 @@ public final class Proxy: AcceptHandler {
     let upstreamLimits: RESPLimits
     /// What every client session's decisions depend on (configuration, the server's HELLO, the hubs' connections).
     var sessionContext: SessionContext
+    /// The users clients authenticated as (RESPOOL_CLIENT_PASSWORD unset), with the URL's as 0.
+    let credentials: Credentials
     private(set) var pool: Pool!
     private var listeners: [Listener] = []
     private(set) var clients: [Int: ClientConnection] = [:]
@@ -67,6 +69,7 @@ public final class Proxy: AcceptHandler {
     public init(config: Config, logger: Logger) throws {
         self.config = config
         self.logger = logger
+        credentials = Credentials(url: config.upstream)
         tlsServerName = config.tls.serverName ?? config.upstream.host
         if config.upstream.tls {
             let t = config.tls
@@ -217,10 +220,13 @@ public final class Proxy: AcceptHandler {
     }
 
     /// The pub/sub hub of a protocol (created on first use).
-    func hub(proto: Int) -> PubSubHub {
-        if let h = hubs[proto] { return h }
-        let h = PubSubHub(proxy: self, proto: proto)
-        hubs[proto] = h
+    /// The pub/sub hub of a protocol and user (credential id; 0 is the URL's): each user's subscriptions run on a
+    /// subscriber connection authenticated as that user.
+    func hub(proto: Int, user: Int = 0) -> PubSubHub {
+        let key = SessionContext.hubKey(proto: proto, user: user)
+        if let h = hubs[key] { return h }
+        let h = PubSubHub(proxy: self, proto: proto, user: user)
+        hubs[key] = h
         return h
     }
 

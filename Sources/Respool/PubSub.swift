@@ -58,9 +58,13 @@ final class PubSubHub {
         var repliesLeft: Int
     }
 
-    init(proxy: Proxy, proto: Int) {
+    let user: Int
+    private var key: Int { SessionContext.hubKey(proto: proto, user: user) }
+
+    init(proxy: Proxy, proto: Int, user: Int) {
         self.proxy = proxy
         self.proto = proto
+        self.user = user
     }
 
     var channelCount: Int { members[0].count + members[1].count + members[2].count }
@@ -102,21 +106,21 @@ final class PubSubHub {
         upstream = u
         u.hub = self
         u.rename("\(proxy.config.namePrefix):pubsub")
-        proxy.sessionContext.subscriberReady[proto] = true
+        proxy.sessionContext.subscriberReady.insert(key)
     }
 
     /// The subscriber connection is gone (closed by the hub, or failed: `connectionLost` follows).
     func detach() {
         upstream = nil
-        proxy.sessionContext.subscriberReady[proto] = false
-        proxy.sessionContext.subscriberConnected[proto] = false
+        proxy.sessionContext.subscriberReady.remove(key)
+        proxy.sessionContext.subscriberConnected.remove(key)
         trackers.removeAll()
         wakeReadyWaiters()
     }
 
     /// The subscriber connection completed its handshake.
     func upstreamReady() {
-        proxy.sessionContext.subscriberConnected[proto] = true
+        proxy.sessionContext.subscriberConnected.insert(key)
         wakeReadyWaiters()
     }
 

@@ -26,6 +26,10 @@ final class UpstreamConnection: Connection {
         case commandTable, advisorInfo, health
         /// RESET of a lease given back with state on it (then HELLO and SELECT as `retarget`).
         case reset
+        /// AUTH with the connection's own credential after checking a client's (Pool.verify).
+        case restoreAuth
+        /// AUTH with respool's credentials after /healthz's PING: a password changed on the server shows.
+        case healthAuth
     }
 
     /// One FIFO entry: who gets the reply to a request sent.
@@ -39,6 +43,8 @@ final class UpstreamConnection: Connection {
         /// A PUBLISH, SPUBLISH or PUBSUB NUMSUB/SHARDNUMSUB whose counts are corrected (its kind is the first of
         /// `countKinds`).
         case counted(Unmanaged<ClientConnection>)
+        /// A client's credential sent to be checked (the first of `verifications`); the client has nothing in flight.
+        case verify(Unmanaged<ClientConnection>)
         case respool(Internal)
     }
 
@@ -136,6 +142,34 @@ final class UpstreamConnection: Connection {
 
     func enqueueSilent(client: ClientConnection) { push(.silent(Unmanaged.passUnretained(client))) }
 
+    /// The credential this connection authenticated with (Credentials; 0: the URL's).
+    var user = 0
+    /// The server's error to the handshake's HELLO AUTH, when it refused it.
+    var handshakeError: String?
+    /// Credentials of the `.verify` entries, oldest first, and how many checks are on their way.
+    var verifications: [(user: [UInt8]?, password: [UInt8])] = []
+    var verifying = 0
+
+    /// Sends a client's AUTH to be checked, then this connection's own AUTH again (so nothing after it runs as the
+    /// client's user).
+    func sendVerification(for client: ClientConnection, user clientUser: [UInt8]?, password: [UInt8]) {
+        var args: [[UInt8]] = [Array("AUTH".utf8)]
+        if let clientUser { args.append(clientUser) }
+        args.append(password)
+        out.append(RESPWriter.command(args))
+        push(.verify(Unmanaged.passUnretained(client)))
+        verifications.append((clientUser, password))
+        send(.restoreAuth, ownAuth)
+        verifying += 1
+    }
+
+    /// AUTH with this connection's own credential (for a URL without a password: the default user, which then has
+    /// none, takes any).
+    var ownAuth: [String] {
+        let c = proxy.credentials.credential(user)
+        return ["AUTH", c.user ?? "default", c.password ?? "respool"]
+    }
+
     /// Kinds of the `.counted` entries in the FIFO, oldest first.
     var countKinds: [PubSubCount] = []
 
@@ -166,10 +200,10 @@ final class UpstreamConnection: Connection {
 
     /// Queues the handshake (HELLO with AUTH and SETNAME, then SELECT) ahead of anything clients send.
     func queueHandshake(name: String) {
-        let url = proxy.config.upstream
+        let credential = proxy.credentials.credential(user)
         var hello = ["HELLO", String(proto)]
-        if let password = url.password {
-            hello += ["AUTH", url.username ?? "default", password]
+        if let password = credential.password {
+            hello += ["AUTH", credential.user ?? "default", password]
         }
         hello += ["SETNAME", name]
         serverName = name
@@ -185,10 +219,10 @@ final class UpstreamConnection: Connection {
     /// everything the client set up, then the handshake's HELLO (RESP2, credentials, respool's name) and SELECT.
     /// Requests queued behind these see a fresh connection.
     func sendReset(name: String, db d: Int) {
-        let url = proxy.config.upstream
+        let credential = proxy.credentials.credential(user)
         send(.reset, ["RESET"])
         var hello = ["HELLO", "2"]
-        if let password = url.password { hello += ["AUTH", url.username ?? "default", password] }
+        if let password = credential.password { hello += ["AUTH", credential.user ?? "default", password] }
         send(.retarget, hello + ["SETNAME", name])
         serverName = name
         proto = 2
@@ -382,6 +416,18 @@ final class UpstreamConnection: Connection {
                     if prefix > 0 { partial.removeAll() }
                     commandsServed &+= 1
                     client._withUnsafeGuaranteedRef { $0.replyDelivered() }
+                case .verify(let client):
+                    flushRun()
+                    commandsServed &+= 1
+                    let bytes = frameBytes(fs, end)
+                    let v = verifications.removeFirst()
+                    let accepted = framer.kind == UInt8(ascii: "+")
+                    client._withUnsafeGuaranteedRef { c in
+                        guard !c.isClosed else { return }
+                        c.credentialChecked(accepted
+                            ? .verified(user: proxy.credentials.accepted(user: v.user, password: v.password, now: proxy.base.now()))
+                            : .refused(bytes))
+                    }
                 case .counted(let client):
                     flushRun()
                     commandsServed &+= 1
@@ -464,7 +510,8 @@ final class UpstreamConnection: Connection {
             default: proxy.logger.notice("INFO refused by the server; the advisor has no figures")
             }
         case .health:
-            proxy.health.answered(problem: isError ? "upstream answered PING with \(errorText())" : nil)
+            // Healthy only once the AUTH after it (respool's credentials still good) is answered too.
+            if isError { proxy.health.answered(problem: "upstream answered PING with \(errorText())") }
         case .commandTable:
             if isError {
                 proxy.logger.notice("COMMAND refused by the server; using the built-in command table only")
@@ -476,6 +523,7 @@ final class UpstreamConnection: Connection {
         case .hello, .select:
             if isError {
                 let text = errorText()
+                if r == .hello { handshakeError = text }
                 fail(reason: r == .hello ? "handshake failed: \(text)" : "SELECT \(db) failed: \(text)", handshake: true)
                 return false
             }
@@ -489,6 +537,15 @@ final class UpstreamConnection: Connection {
                 connectTimer?.cancel()
                 proxy.pool.connected(self)
             }
+        case .restoreAuth:
+            verifying -= 1
+            if isError {
+                fail(reason: "AUTH with respool's own credential failed after checking a client's: \(errorText())")
+                return false
+            }
+        case .healthAuth:
+            proxy.health.answered(problem: isError
+                ? "upstream refuses respool's credentials (user \(proxy.credentials.userName(user))): \(errorText())" : nil)
         case .reset:
             if isError {
                 fail(reason: "RESET of a lease given back failed: \(errorText())")
@@ -539,8 +596,10 @@ final class UpstreamConnection: Connection {
         var answered = 0
         while let e = fifo.popFirst() {
             switch e {
-            case .respool(.health):
+            case .respool(.health), .respool(.healthAuth):
                 proxy.health.answered(problem: "the upstream connection closed before answering PING")
+            case .verify(let c):
+                c._withUnsafeGuaranteedRef { if !$0.isClosed { $0.credentialChecked(.refused(line)) } }
             case .respool:
                 break
             case .client(let c, _), .silent(let c), .scan(let c), .counted(let c):
@@ -566,6 +625,7 @@ final class UpstreamConnection: Connection {
                 }
             }
         }
+        verifications.removeAll()
         countKinds.removeAll()
         return answered
     }

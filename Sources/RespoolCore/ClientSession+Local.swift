@@ -19,6 +19,18 @@ extension ClientSession {
         case .auth:
             if args.count < 2 { return wrongArity("auth") }
             if args.count > 3 { return error("ERR syntax error") }
+            if context.clientPassword == nil {
+                switch checkedCredential(user: args.count == 3 ? args[1] : nil, password: args[args.count - 1]) {
+                case .verified(let u)?:
+                    setAuthenticated(true)
+                    setUser(u)
+                    return .reply(Self.ok, .local)
+                case .refused(let bytes)?:
+                    return .reply(bytes, .error)
+                case nil:
+                    return .verify(user: args.count == 3 ? args[1] : nil, password: args[args.count - 1])
+                }
+            }
             if let e = authError(user: args.count == 3 ? args[1] : nil, password: args[args.count - 1], context: context) {
                 return error(e)
             }
@@ -39,20 +51,19 @@ extension ClientSession {
     /// Redis's rule for client names and library info: printable ASCII without spaces.
     static func validName(_ b: [UInt8]) -> Bool { b.allSatisfy { $0 > 32 && $0 < 127 } }
 
-    /// With RESPOOL_CLIENT_PASSWORD set, the default user with that password is accepted (as redis's requirepass);
-    /// unset, respool answers as a Redis without a password does: the default user takes any password, others do not
-    /// exist. nil: the credentials are good.
+    /// With RESPOOL_CLIENT_PASSWORD set, the default user with that password is accepted (as redis's requirepass).
+    /// nil: the credentials are good.
     private func authError(user: [UInt8]?, password: [UInt8], context: SessionContext) -> String? {
         let wrong = "WRONGPASS invalid username-password pair or user is disabled."
-        if let required = context.clientPassword {
-            if let user, Self.text(user) != "default" { return wrong }
-            return ConstantTime.equal(password, required) ? nil : wrong
-        }
-        if let user, Self.text(user) == "default" { return nil }
-        if user == nil {
-            return "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"
-        }
-        return wrong
+        if let user, Self.text(user) != "default" { return wrong }
+        return context.clientPassword.map { ConstantTime.equal(password, $0) } == true ? nil : wrong
+    }
+
+    /// With RESPOOL_CLIENT_PASSWORD unset, the server's answer to this credential once the driver has it (taken:
+    /// it answers this one request); nil: ask (`Decision.verify`).
+    private mutating func checkedCredential(user: [UInt8]?, password: [UInt8]) -> AuthOutcome? {
+        defer { authOutcome = nil }
+        return authOutcome
     }
 
     private mutating func hello(_ args: [[UInt8]], context: SessionContext) -> Decision {
@@ -64,13 +75,13 @@ extension ClientSession {
         }
         var newName: [UInt8]? = nil
         var authenticates = false
+        var credential: (user: [UInt8], password: [UInt8])? = nil
         var j = 2
         while j < args.count {
             let more = args.count - 1 - j
             let opt = SmallBytes(lowercasing: args[j])
             if opt == SmallBytes("auth") && more >= 2 {
-                if let e = authError(user: args[j + 1], password: args[j + 2], context: context) { return error(e) }
-                authenticates = true
+                credential = (args[j + 1], args[j + 2])
                 j += 3
             } else if opt == SmallBytes("setname") && more >= 1 {
                 newName = args[j + 1]
@@ -79,12 +90,26 @@ extension ClientSession {
                 return error("ERR Syntax error in HELLO option '\(Self.text(args[j]))'")
             }
         }
+        // The reply repeats what the server said about itself: wait for the first handshake if none has completed.
+        guard let info = context.serverInfo else { return .acquire(.handshake) }
+        var newUser: Int? = nil
+        if let credential {
+            if context.clientPassword != nil {
+                if let e = authError(user: credential.user, password: credential.password, context: context) { return error(e) }
+            } else {
+                switch checkedCredential(user: credential.user, password: credential.password) {
+                case .verified(let u)?: newUser = u
+                case .refused(let bytes)?: return .reply(bytes, .error)
+                case nil: return .verify(user: credential.user, password: credential.password)
+                }
+            }
+            authenticates = true
+        }
         if !authenticated && !authenticates {
             return error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
         }
-        // The reply repeats what the server said about itself: wait for the first handshake if none has completed.
-        guard let info = context.serverInfo else { return .acquire(.handshake) }
         if authenticates { setAuthenticated(true) }
+        if let newUser { setUser(newUser) }
         if version != proto && isSubscribed {
             return error("ERR respool: cannot switch protocol while subscribed; UNSUBSCRIBE first")
         }

@@ -37,7 +37,9 @@ extension ClientSession {
         case .subscribe, .psubscribe, .ssubscribe:
             if names.isEmpty { return .reply(RESPWriter.errorLine("ERR wrong number of arguments for '\(command.word)' command"), .error) }
             if inMulti { return .reply(RESPWriter.errorLine("ERR Command not allowed inside a transaction"), .error) }
-            guard context.subscriberReady[proto] else { return .acquire(.subscriber(proto: proto)) }
+            guard context.subscriberReady.contains(SessionContext.hubKey(proto: proto, user: user)) else {
+                return .acquire(.subscriber(proto: proto, user: user))
+            }
             // The confirmations, computed now with this client's counts after each name.
             var reply: [UInt8] = []
             var added: [[UInt8]] = []
@@ -109,7 +111,7 @@ extension ClientSession {
             // Redis answers the arity error; inside a transaction KEYS is queued on the lease as sent.
             guard r.args.count == 2, mode == .normal else { return forward() }
             if inFlight > 0 { return .wait }
-            guard upstream != nil else { return .acquire(.shared(proto: proto, db: db)) }
+            guard upstream != nil else { return .acquire(.shared(proto: proto, db: db, user: user)) }
             mode = .scanning
             inFlight += 1
             return .scan(pattern: r.args[1], silent: false)

@@ -13,7 +13,7 @@ extension ClientSession {
     mutating func leased(_ change: LeaseChange) -> Decision {
         guard case .leased(var l) = mode else {
             if inFlight > 0 { return .wait }
-            return .acquire(.lease(proto: proto, db: db))
+            return .acquire(.lease(proto: proto, db: db, user: user))
         }
         switch change {
         case .none: break
@@ -81,12 +81,12 @@ extension ClientSession {
         }
         // The lease first (a lease is assigned at its grant, so it is taken before anything else is asked for).
         guard case .leased = mode else { return leased(.trackingOn) }
-        if let redirect, redirect != Int(id), !context.subscriberConnected[2] {
+        if let redirect, redirect != Int(id), !context.subscriberConnected.contains(SessionContext.hubKey(proto: 2, user: user)) {
             // Invalidations for another client arrive on the RESP2 subscriber connection and are fanned out to
             // subscribers of __redis__:invalidate: it must exist (and have its server id) before the command goes.
             // Asked for with nothing in flight, so a failure's error is this command's reply in its place.
             if inFlight > 0 { return .wait }
-            return .acquire(.subscriber(proto: 2))
+            return .acquire(.subscriber(proto: 2, user: user))
         }
         let d = leased(.trackingOn)
         if case .forward = d { trackingRedirect = redirect }

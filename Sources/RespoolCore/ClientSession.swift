@@ -61,6 +61,16 @@ public struct ClientSession {
         case replies
         /// A connection from the pool.
         case pool(Need)
+        /// The server's answer to the client's credential (`Decision.verify`).
+        case verification
+    }
+
+    /// What the server said to a client's credential.
+    public enum AuthOutcome: Equatable, Sendable {
+        /// Accepted: connections of this credential id serve the client from now on.
+        case verified(user: Int)
+        /// Refused: the server's error, byte for byte, is the client's answer.
+        case refused([UInt8])
     }
 
     public enum ReplyMode: Sendable { case on, off, skipNext }
@@ -86,6 +96,9 @@ public struct ClientSession {
         /// CLIENT LIST, CLIENT KILL, CLIENT INFO: answered by the driver, which knows every client (not at all when
         /// `silent`).
         case clientCommand(silent: Bool)
+        /// Ask the server whether this credential is good (AUTH or HELLO AUTH with RESPOOL_CLIENT_PASSWORD unset;
+        /// `user` nil: AUTH with the password only); `authChecked` brings the answer, then decide again.
+        case verify(user: [UInt8]?, password: [UInt8])
     }
 
     /// What kind of answer respool gave itself (for the counters).
@@ -134,6 +147,11 @@ public struct ClientSession {
     public internal(set) var libName: [UInt8]?
     public internal(set) var libVersion: [UInt8]?
     public internal(set) var authenticated: Bool
+    /// The credential the client authenticated with (the driver's id; 0 is the URL's): its commands go to
+    /// connections authenticated as that user, never with more rights than it has.
+    public internal(set) var user = 0
+    /// The server's answer to the credential of the AUTH or HELLO being decided (RESPOOL_CLIENT_PASSWORD unset).
+    public internal(set) var authOutcome: AuthOutcome?
     public internal(set) var replyMode = ReplyMode.on
     /// Channels, patterns and shard channels (by `PubSubSpace`).
     public internal(set) var subscriptions: [Set<[UInt8]>] = [[], [], []]
@@ -242,6 +260,8 @@ public struct ClientSession {
             stall = .replies
         case .acquire(let need):
             stall = .pool(need)
+        case .verify:
+            stall = .verification
         case .reply(let bytes, let kind) where silent && !bytes.isEmpty:
             d = .reply([], kind)
             fallthrough
@@ -360,7 +380,7 @@ public struct ClientSession {
 
     /// Sends on `upstream`, acquiring a shared connection first when the client has none.
     mutating func forward() -> Decision {
-        guard upstream != nil else { return .acquire(.shared(proto: proto, db: db)) }
+        guard upstream != nil else { return .acquire(.shared(proto: proto, db: db, user: user)) }
         inFlight += 1
         return .forward(silent: false)
     }
@@ -476,6 +496,15 @@ public struct ClientSession {
     }
 
     mutating func setAuthenticated(_ a: Bool) { authenticated = a }
+    mutating func setUser(_ u: Int) {
+        user = u
+        updateFastPath()
+    }
+
+    /// The driver has the server's answer to the credential of the stalled AUTH or HELLO (decide it again).
+    public mutating func authChecked(_ outcome: AuthOutcome) {
+        authOutcome = outcome
+    }
     mutating func setReplyMode(_ m: ReplyMode) { replyMode = m }
 
     /// SELECT: a client holding a lease switches the leased connection itself (which is closed afterwards).
@@ -496,6 +525,7 @@ public struct ClientSession {
         if case .refusedTransaction = mode { mode = .normal }
         if isSubscribed { forgetSubscriptions() }
         authenticated = context.clientPassword == nil
+        user = 0
         proto = 2
         name = nil
         db = context.defaultDB

@@ -13,12 +13,12 @@ extension PoolState {
             // Opened for a waiter that has left meanwhile (closed): nobody holds it, it joins the shared set.
             switch role {
             case .leased(let client) where !waiters.contains(client): role = .shared
-            case .subscriber(let proto) where !waiters.ordered.contains(where: { $0.value.need == .subscriber(proto: proto) }): role = .shared
+            case .subscriber(let proto) where !waiters.ordered.contains(where: { $0.value.need == .subscriber(proto: proto, user: o.user) }): role = .shared
             default: break
             }
         }
         connections.append(Connection(id: nextID, handle: h, phase: .connecting, role: role, proto: o.proto, db: o.db,
-                                      createdAt: now, idleSince: now))
+                                      user: o.user, createdAt: now, idleSince: now))
         nextID += 1
         serveWaiters(now: now)
     }
@@ -91,7 +91,7 @@ extension PoolState {
         switch c.role {
         case .shared, .control: break
         case .leased(let client): emit(.leaseLost(client: client))
-        case .subscriber(let proto): emit(.subscriberLost(proto: proto))
+        case .subscriber(let proto): emit(.subscriberLost(proto: proto, user: c.user))
         }
     }
 
@@ -120,27 +120,27 @@ extension PoolState {
         for (client, w) in waiters.ordered where waiters.contains(client) {
             var met = false
             switch w.need {
-            case .shared(let proto, let db):
-                switch choose(proto: proto, db: db, now: now, mayCheck: false) {
+            case .shared(let proto, let db, let user):
+                switch choose(proto: proto, db: db, user: user, now: now, mayCheck: false) {
                 case .use: met = true
                 case .open(let o): emitForWaiter(o)
                 case .wait, .fail: break
                 }
-            case .lease(let proto, let db):
+            case .lease(let proto, let db, let user):
                 if lease(of: client) != nil {
                     met = true   // opened for it
                     break
                 }
-                switch tryLease(role: .leased(client: client), proto: proto, db: db, now: now) {
+                switch tryLease(role: .leased(client: client), proto: proto, db: db, user: user, now: now) {
                 case .use: met = true
                 case .open(let o): emitForWaiter(o)
                 case .wait, .fail: break
                 }
-            case .subscriber(let proto):
-                if connections.contains(where: { $0.role == .subscriber(proto: proto) }) {
+            case .subscriber(let proto, let user):
+                if subscriberConnection(proto: proto, user: user) != nil {
                     met = true
-                } else if !openings.contains(where: { $0.role == .subscriber(proto: proto) }) {
-                    switch tryLease(role: .subscriber(proto: proto), proto: proto, db: settings.defaultDB, now: now) {
+                } else if !openings.contains(where: { $0.role == .subscriber(proto: proto) && $0.user == user }) {
+                    switch tryLease(role: .subscriber(proto: proto), proto: proto, db: settings.defaultDB, user: user, now: now) {
                     case .use: met = true
                     case .open(let o): emitForWaiter(o)
                     case .wait, .fail: break
@@ -189,6 +189,16 @@ extension PoolState {
         }
     }
 
+    /// The server refused the credential of `user` (not the URL's) in a connection's handshake: that is the client's
+    /// password, not the server's health, so nothing backs off; the waiters that need that user's connections get the
+    /// server's error.
+    public mutating func userRefused(_ user: Int, error: String) {
+        for (client, w) in waiters.ordered where w.need.user == user {
+            waiters.remove(client)
+            emit(.failWaiter(client: client, .unavailable(error)))
+        }
+    }
+
     /// Waiters past RESPOOL_WAIT_TIMEOUT fail (the driver calls this at `nextWaitDeadline`).
     public mutating func expireWaiters(now: Double) {
         for (client, w) in waiters.ordered where w.since + settings.waitTimeout <= now {
@@ -202,7 +212,8 @@ extension PoolState {
     /// Keeps one connection open (or being retried) so the first command after an outage does not pay for
     /// connecting and the log says when the server is back.
     public mutating func keepWarm(now: Double) {
-        guard !closing, !connections.contains(where: { $0.role == .shared }), !openings.contains(where: { $0.role == .shared }) else { return }
+        guard !closing, !connections.contains(where: { $0.role == .shared && $0.user == 0 }),
+              !openings.contains(where: { $0.role == .shared && $0.user == 0 }) else { return }
         if now >= retryAt {
             for _ in 0..<max(1, min(settings.minConnections, room)) where room > 0 {
                 let o = Opening(proto: 2, db: settings.defaultDB, role: .shared)
@@ -219,7 +230,8 @@ extension PoolState {
     /// connections are opened up to the minimum. O(cap).
     public mutating func tick(now: Double) {
         guard !closing else { return }
-        var shared = connections.reduce(0) { $0 + ($1.role == .shared && !$1.retiring ? 1 : 0) }
+        // The minimum is kept for the URL's user; other users' connections close when idle.
+        var shared = connections.reduce(0) { $0 + ($1.role == .shared && $1.user == 0 && !$1.retiring ? 1 : 0) }
         for i in connections.indices where connections[i].role == .shared {
             let c = connections[i]
             let pending = load(c.handle).pending
@@ -228,14 +240,14 @@ extension PoolState {
             }
             guard c.phase == .ready && pending == 0 && !c.retiring else { continue }
             let idle = now - c.idleSince
-            if settings.idleTimeout > 0 && idle >= settings.idleTimeout && shared > settings.minConnections {
+            if settings.idleTimeout > 0 && idle >= settings.idleTimeout && (c.user != 0 || shared > settings.minConnections) {
                 connections[i].retiring = true
                 emit(.close(c.handle, reason: "server_idle_timeout"))
-                shared -= 1
+                if c.user == 0 { shared -= 1 }
             } else if settings.lifetime > 0 && now - c.createdAt >= settings.lifetime {
                 connections[i].retiring = true
                 emit(.close(c.handle, reason: "lifetime"))
-                shared -= 1
+                if c.user == 0 { shared -= 1 }
             } else if settings.keepalive > 0 && idle >= settings.keepalive {
                 connections[i].idleSince = now
                 emit(.ping(c.handle, beforeReuse: false))
@@ -248,7 +260,7 @@ extension PoolState {
                 emit(.close(c.handle, reason: "server_idle_timeout"))
             }
         }
-        while shared + openings.count < settings.minConnections && room > 0 && now >= retryAt {
+        while shared + openings.reduce(0, { $0 + ($1.user == 0 ? 1 : 0) }) < settings.minConnections && room > 0 && now >= retryAt {
             let o = Opening(proto: 2, db: settings.defaultDB, role: .shared)
             openings.append(o)
             emit(.open(o))

@@ -29,16 +29,27 @@ public struct ConnLoad: Sendable {
 
 /// What a waiting client (or respool itself) needs from the pool.
 public enum Need: Equatable, Sendable {
-    /// A connection of this protocol and database to multiplex its commands on.
-    case shared(proto: Int, db: Int)
+    /// A connection of this protocol and database, authenticated as `user` (a credential id of the driver's; 0 is
+    /// the URL's), to multiplex its commands on.
+    case shared(proto: Int, db: Int, user: Int = 0)
     /// An exclusive connection (a transaction or a blocking command).
-    case lease(proto: Int, db: Int)
-    /// The pub/sub hub's connection of this protocol.
-    case subscriber(proto: Int)
+    case lease(proto: Int, db: Int, user: Int = 0)
+    /// The pub/sub hub's connection of this protocol and user.
+    case subscriber(proto: Int, user: Int = 0)
     /// Any connection that has completed its handshake (HELLO's reply repeats what the server said in it).
     case handshake
     /// The control connection: nothing of the data path is queued on it (SCRIPT KILL, FUNCTION KILL, SHUTDOWN).
     case control
+}
+
+extension Need {
+    /// The credential a connection for this need authenticates with (0: the URL's).
+    public var user: Int {
+        switch self {
+        case .shared(_, _, let u), .lease(_, _, let u), .subscriber(_, let u): return u
+        case .handshake, .control: return 0
+        }
+    }
 }
 
 public struct PoolSettings: Sendable, Equatable {
@@ -102,6 +113,8 @@ public struct PoolState {
         /// Protocol and database of the commands appended to it from now on.
         public internal(set) var proto: Int
         public internal(set) var db: Int
+        /// The credential it authenticated with (0: the URL's): only that user's clients get it.
+        public internal(set) var user: Int = 0
         public let createdAt: Double
         /// When its last reply came in (or it was opened, or PINGed).
         public internal(set) var idleSince: Double
@@ -114,13 +127,16 @@ public struct PoolState {
         public var proto: Int
         public var db: Int
         public var role: Role
+        /// The credential its handshake authenticates with (0: the URL's).
+        public var user: Int
         /// Opened for a waiting client (not for the caller of `acquire`/`lease`/`subscriber`, who uses it at once).
         public var forWaiter = false
 
-        public init(proto: Int, db: Int, role: Role, forWaiter: Bool = false) {
+        public init(proto: Int, db: Int, role: Role, user: Int = 0, forWaiter: Bool = false) {
             self.proto = proto
             self.db = db
             self.role = role
+            self.user = user
             self.forWaiter = forWaiter
         }
     }
@@ -141,7 +157,7 @@ public struct PoolState {
         /// The connection leased to this client is gone (failed or closed).
         case leaseLost(client: Int)
         /// The subscriber connection of this protocol is gone.
-        case subscriberLost(proto: Int)
+        case subscriberLost(proto: Int, user: Int)
         /// Ask the first ready connection for the server's command table (once per process).
         case requestCommandTable(ConnHandle)
         /// Nothing can be opened during the back-off: call `keepWarm` again after this many seconds.
@@ -258,15 +274,15 @@ public struct PoolState {
     // MARK: asking for connections
 
     /// A shared connection of `proto`/`db` for a client that has nothing in flight (fill-first).
-    public mutating func acquire(client: Int, proto: Int, db: Int, now: Double) -> Answer {
-        let answer = choose(proto: proto, db: db, now: now, mayCheck: true)
-        if case .wait = answer { waiters.append(client, Waiter(need: .shared(proto: proto, db: db), since: now)) }
+    public mutating func acquire(client: Int, proto: Int, db: Int, user: Int = 0, now: Double) -> Answer {
+        let answer = choose(proto: proto, db: db, user: user, now: now, mayCheck: true)
+        if case .wait = answer { waiters.append(client, Waiter(need: .shared(proto: proto, db: db, user: user), since: now)) }
         return answer
     }
 
     /// The fill-first choice of a shared connection: the first one (in opening order) that is not too far behind,
     /// else the least loaded, else a new one within the cap, else an idle one switched in-stream.
-    mutating func choose(proto: Int, db: Int, now: Double, mayCheck: Bool) -> Answer {
+    mutating func choose(proto: Int, db: Int, user: Int = 0, now: Double, mayCheck: Bool) -> Answer {
         var best: Int? = nil
         var bestLoad = Int.max
         var stuck: ConnHandle? = nil
@@ -275,7 +291,7 @@ public struct PoolState {
             guard case .shared = connections[i].role else { continue }
             // A connection still connecting counts by what is queued on it, as a ready one does: clients that arrive
             // meanwhile queue behind its handshake instead of each opening another connection up to the cap.
-            if connections[i].proto != proto || connections[i].db != db || connections[i].retiring { continue }
+            if connections[i].proto != proto || connections[i].db != db || connections[i].user != user || connections[i].retiring { continue }
             let h = connections[i].handle
             let l = load(h)
             if l.stuck {
@@ -302,27 +318,39 @@ public struct PoolState {
         }
         // Every connection of this protocol and database is busy (or there is none): grow within the cap.
         if room > 0 && !closing && now >= retryAt {
-            let o = Opening(proto: proto, db: db, role: .shared)
+            let o = Opening(proto: proto, db: db, role: .shared, user: user)
             openings.append(o)
             if best == nil { return .open(o) }
             emit(.open(o))
         }
         if let best { return .use(connections[best].handle) }
         if room == 0 {
-            if openings.contains(where: { $0.role == .shared && $0.proto == proto && $0.db == db }) { return .wait }
+            if openings.contains(where: { $0.role == .shared && $0.proto == proto && $0.db == db && $0.user == user }) { return .wait }
             // The cap is full with connections of another protocol or database: switch an idle one in-stream.
-            if let h = idleShared() {
+            if let h = idleShared(user: user) {
                 retarget(h, proto: proto, db: db)
                 return .use(h)
             }
+            // Or of another user: an idle one is closed to make room (the client waits for its replacement).
+            if closeIdleOfAnotherUser(user) { return .wait }
             if let stuck { return .use(stuck) }
             return .wait
         }
         return .fail(closing ? "ERR upstream unavailable: respool is shutting down" : unavailableError)
     }
 
-    func idleShared() -> ConnHandle? {
-        connections.first { $0.role == .shared && $0.phase == .ready && load($0.handle).pending == 0 }?.handle
+    func idleShared(user: Int = 0) -> ConnHandle? {
+        connections.first { $0.role == .shared && $0.user == user && $0.phase == .ready && !$0.retiring && load($0.handle).pending == 0 }?.handle
+    }
+
+    /// Closes an idle shared connection of a user other than `user` (the cap is full); true if one was.
+    mutating func closeIdleOfAnotherUser(_ user: Int) -> Bool {
+        guard let i = connections.firstIndex(where: {
+            $0.role == .shared && $0.user != user && $0.phase == .ready && !$0.retiring && load($0.handle).pending == 0
+        }) else { return false }
+        connections[i].retiring = true
+        emit(.close(connections[i].handle, reason: "room for another user's connection"))
+        return true
     }
 
     mutating func retarget(_ h: ConnHandle, proto: Int, db: Int) {
@@ -336,23 +364,27 @@ public struct PoolState {
     /// An exclusive connection for `client` (a transaction or a blocking command): the one it already holds, an idle
     /// shared one of its protocol and database (one always stays shared), a new one within the cap, or an idle one
     /// switched. At most cap - 1 are leased at once.
-    public mutating func lease(client: Int, proto: Int, db: Int, now: Double) -> Answer {
+    public mutating func lease(client: Int, proto: Int, db: Int, user: Int = 0, now: Double) -> Answer {
         if let h = lease(of: client) { return .use(h) }
-        let answer = tryLease(role: .leased(client: client), proto: proto, db: db, now: now)
-        if answer == .wait { waiters.append(client, Waiter(need: .lease(proto: proto, db: db), since: now)) }
+        let answer = tryLease(role: .leased(client: client), proto: proto, db: db, user: user, now: now)
+        if answer == .wait { waiters.append(client, Waiter(need: .lease(proto: proto, db: db, user: user), since: now)) }
         return answer
     }
 
     /// The hub's subscriber connection of `proto` (a lease without a client) for `client`'s SUBSCRIBE; the client
     /// waits when none can be had yet.
-    public mutating func subscriber(client: Int, proto: Int, now: Double) -> Answer {
-        if let c = connections.first(where: { $0.role == .subscriber(proto: proto) }) { return .use(c.handle) }
+    public mutating func subscriber(client: Int, proto: Int, user: Int = 0, now: Double) -> Answer {
+        if let c = subscriberConnection(proto: proto, user: user) { return .use(c.handle) }
         var answer = Answer.wait
-        if !openings.contains(where: { $0.role == .subscriber(proto: proto) }) {
-            answer = tryLease(role: .subscriber(proto: proto), proto: proto, db: settings.defaultDB, now: now)
+        if !openings.contains(where: { $0.role == .subscriber(proto: proto) && $0.user == user }) {
+            answer = tryLease(role: .subscriber(proto: proto), proto: proto, db: settings.defaultDB, user: user, now: now)
         }
-        if answer == .wait { waiters.append(client, Waiter(need: .subscriber(proto: proto), since: now)) }
+        if answer == .wait { waiters.append(client, Waiter(need: .subscriber(proto: proto, user: user), since: now)) }
         return answer
+    }
+
+    public func subscriberConnection(proto: Int, user: Int) -> Connection? {
+        connections.first { $0.role == .subscriber(proto: proto) && $0.user == user }
     }
 
     /// The control connection, for a request that must reach the server even when a script holds every shared
@@ -389,29 +421,31 @@ public struct PoolState {
         return .wait
     }
 
-    mutating func tryLease(role: Role, proto: Int, db: Int, now: Double) -> Answer {
+    mutating func tryLease(role: Role, proto: Int, db: Int, user: Int = 0, now: Double) -> Answer {
         guard settings.cap >= 2 else {
             return .fail("ERR respool: this command needs a dedicated upstream connection, and with RESPOOL_MAX_SERVER_CONNECTIONS=1 none can be leased")
         }
         if leasedCount + leasesOpening >= leaseLimit || closing { return .wait }
         let shared = sharedCount
         if shared > 1, let i = connections.firstIndex(where: {
-            $0.role == .shared && $0.proto == proto && $0.db == db && $0.phase == .ready && load($0.handle).pending == 0
+            $0.role == .shared && $0.proto == proto && $0.db == db && $0.user == user && $0.phase == .ready && !$0.retiring
+                && load($0.handle).pending == 0
         }) {
             connections[i].role = role
             return .use(connections[i].handle)
         }
         if room > 0 {
             if now < retryAt { return .fail(unavailableError) }
-            let o = Opening(proto: proto, db: db, role: role)
+            let o = Opening(proto: proto, db: db, role: role, user: user)
             openings.append(o)
             return .open(o)
         }
-        if shared > 1, let h = idleShared(), let i = index(h) {
+        if shared > 1, let h = idleShared(user: user), let i = index(h) {
             retarget(h, proto: proto, db: db)
             connections[i].role = role
             return .use(h)
         }
+        if shared > 1 && closeIdleOfAnotherUser(user) { return .wait }
         return .wait
     }
 

@@ -50,11 +50,17 @@ public struct SessionContext: Sendable {
     public var pinning = true
     /// From the first completed handshake (nil until then).
     public var serverInfo: ServerInfo?
-    /// Whether the pub/sub hub of RESP2 / RESP3 has its subscriber connection.
-    public var subscriberReady: [Bool] = [false, false, false, false]
-    /// Whether that subscriber connection has completed its handshake (its server id is known: CLIENT TRACKING
+    /// Pub/sub hubs (by `hubKey`: protocol and user) that have their subscriber connection.
+    public var subscriberReady: Set<Int> = []
+    /// Hubs whose subscriber connection has completed its handshake (its server id is known: CLIENT TRACKING
     /// REDIRECT to a respool client is translated to it).
-    public var subscriberConnected: [Bool] = [false, false, false, false]
+    public var subscriberConnected: Set<Int> = []
+    /// The URL's credentials: a client's AUTH with these succeeds without asking the server.
+    public var urlUser: [UInt8]?
+    public var urlPassword: [UInt8]?
+
+    /// One hub per protocol and user (a credential id; 0 is the URL's).
+    public static func hubKey(proto: Int, user: Int) -> Int { user * 4 + proto }
 
     public init(clientPassword: [UInt8]?, databases: Int, defaultDB: Int, keysMode: KeysMode) {
         self.clientPassword = clientPassword
@@ -67,6 +73,8 @@ public struct SessionContext: Sendable {
         self.init(clientPassword: config.clientPassword.map { Array($0.utf8) }, databases: config.databases,
                   defaultDB: config.upstream.db, keysMode: config.keysMode)
         pinning = config.pinning
+        urlUser = config.upstream.username.map { Array($0.utf8) }
+        urlPassword = config.upstream.password.map { Array($0.utf8) }
     }
 }
 

@@ -47,4 +47,70 @@ final class AuthTests: IntegrationTestCase {
             assertReply(try c.command("PING"), Reply.pong)
         }
     }
+
+    /// The `cmdstat_auth` calls of the server's INFO commandstats (0 before any AUTH).
+    private func authCalls(_ redis: RedisServer) throws -> Int {
+        let info = try redis.client().command("INFO", "commandstats").string ?? ""
+        guard let line = info.split(separator: "\r\n").first(where: { $0.hasPrefix("cmdstat_auth:") }),
+              let calls = line.split(separator: ",").first?.split(separator: "=").last else { return 0 }
+        return Int(calls) ?? -1
+    }
+
+    /// RESPOOL_CLIENT_PASSWORD unset: every AUTH and HELLO AUTH is the server's to judge (its answer byte for byte,
+    /// compared with a direct client), and a client authenticated as an ACL user runs its commands as that user, on
+    /// connections of that user's own pool (its rights, not respool's: NOPERM where the user has none, for commands
+    /// and for SUBSCRIBE); a credential the server accepted is accepted again without asking it.
+    func testAuthIsTheServersAndCommandsRunAsTheUser() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "6", "RESPOOL_NAME": "au"]) { redis, respool in
+            let admin = try redis.client()
+            assertReply(try admin.command("ACL", "SETUSER", "app", "on", ">apw", "~app:*", "&app:*", "+@all", "-flushall"), Reply.ok)
+            try assertSameReplies(direct: try redis.client(), proxied: try respool.client(), [
+                ["AUTH", "wrong"], ["AUTH", "app", "wrong"], ["AUTH", "nobody", "x"], ["AUTH", "default", "anything"],
+                ["AUTH", "app", "apw"], ["ACL", "WHOAMI"], ["SET", "app:k", "v"], ["SET", "other:k", "v"], ["GET", "app:k"],
+                ["SUBSCRIBE", "other:ch"], ["PING"],
+            ], "AUTH judged by the server, then commands as app")
+            let calls = try authCalls(redis)
+            let second = try respool.client()
+            assertReply(try second.command("AUTH", "app", "apw"), Reply.ok)
+            assertReply(try second.command("ACL", "WHOAMI"), Reply.bulk("app"))
+            XCTAssertEqual(try authCalls(redis), calls, "the accepted credential was not checked again")
+            let subscriber = try respool.client()
+            assertReply(try subscriber.command("AUTH", "app", "apw"), Reply.ok)
+            _ = try subscriber.command("SUBSCRIBE", "app:ch")
+            assertReply(try admin.command("PUBLISH", "app:ch", "m"), Reply.int(1))
+            assertReply(try subscriber.readValue(), Reply.bulks(["message", "app:ch", "m"]))
+            // HELLO 3 AUTH: the server judges it too.
+            let h = try respool.client()
+            assertErrorReply(try h.command("HELLO", "3", "AUTH", "app", "nope"), prefix: "WRONGPASS")
+            guard case .map = try h.command("HELLO", "3", "AUTH", "app", "apw") else { return XCTFail("HELLO 3 AUTH app") }
+            assertReply(try h.command("ACL", "WHOAMI"), Reply.bulk("app"))
+            // A client that never authenticated is the URL's user; the server sees app's own connections.
+            assertReply(try respool.client().command("ACL", "WHOAMI"), Reply.bulk("default"))
+            let list = try admin.command("CLIENT", "LIST").string ?? ""
+            XCTAssertTrue(list.split(separator: "\n").contains { $0.contains("name=au:") && $0.contains(" user=app ") }, list)
+            XCTAssertFalse(respool.stdoutText.contains("apw"), "no password in the log")
+        }
+    }
+
+    /// A password changed through respool (CONFIG SET requirepass) leaves the URL's credential refused: /healthz
+    /// turns 503 naming the user and the server's error, and 200 again once the password is back.
+    func testPasswordChangedThroughRespoolShowsInHealth() throws {
+        try requireRealRespool()
+        try withRedis(password: "pw") { redis in
+            try withRespool(upstream: redis) { respool in
+                guard let port = respool.statsPort else { return XCTFail("no stats port") }
+                XCTAssertTrue(try waitUntil { try httpGet(port, "/healthz").0 == 200 })
+                let c = try respool.client()
+                assertReply(try c.command("AUTH", "pw"), Reply.ok, "the URL's password, without asking the server")
+                assertReply(try c.command("CONFIG", "SET", "requirepass", "changed"), Reply.ok)
+                var body = ""
+                XCTAssertTrue(try waitUntil { let r = try httpGet(port, "/healthz"); body = r.1; return r.0 == 503 }, body)
+                XCTAssertTrue(body.contains("upstream refuses respool's credentials (user default): WRONGPASS"), body)
+                XCTAssertFalse(body.contains("pw"), "no password: \(body)")
+                assertReply(try c.command("CONFIG", "SET", "requirepass", "pw"), Reply.ok)
+                XCTAssertTrue(try waitUntil { try httpGet(port, "/healthz").0 == 200 }, "healthy again")
+            }
+        }
+    }
 }

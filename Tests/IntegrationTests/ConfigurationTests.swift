@@ -109,7 +109,7 @@ final class ConfigurationTests: IntegrationTestCase {
         try withRedis { redis in
             let respool = try Respool.launch(env: [:], arguments: [
                 "--url", redis.url, "--bind", "127.0.0.1", "--port", "0", "--max-server-connections", "2",
-                "--name", poolName, "--shutdown-timeout", "3",
+                "--name", poolName, "--shutdown-timeout", "3", "--stats-port", "0",
             ])
             defer {
                 if respool.isRunning { _ = respool.terminate() }

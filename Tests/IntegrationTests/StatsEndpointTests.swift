@@ -157,7 +157,7 @@ final class StatsEndpointTests: IntegrationTestCase {
             let probe = try TestClient(.loopback(port), timeout: 10)
             try probe.send("GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
             // The probe is pending: its PING is in flight behind the GET.
-            XCTAssertTrue(try waitUntil { try respool.upstreamPending() == 2 }, "the probe's PING is in flight")
+            XCTAssertTrue(try waitUntil { try respool.upstreamPending() == 3 }, "the probe's PING and AUTH are in flight")
             respool.signal(SIGTERM)
             let text = String(decoding: probe.readToEnd(), as: UTF8.self)
             XCTAssertTrue(text.contains(" 503 "), text)

@@ -181,7 +181,7 @@ final class ClientSessionTests: XCTestCase {
     /// In RESP2 subscribed mode only the subscribe family, PING, QUIT and RESET run; PING answers as redis does.
     func testSubscribedMode() {
         var ctx = context
-        ctx.subscriberReady[2] = true
+        ctx.subscriberReady.insert(SessionContext.hubKey(proto: 2, user: 0))
         var s = ClientSession(id: 1, context: ctx)
         XCTAssertEqual(s.decide(request("SUBSCRIBE", "a"), context: ctx),
                        .subscribe(.channel, added: [Array("a".utf8)], confirmation: Array("*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n".utf8)))

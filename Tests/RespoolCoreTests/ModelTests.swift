@@ -53,6 +53,7 @@ final class ModelTests: XCTestCase {
         case 88..<90: return one("EXEC")
         case 90..<91: return rng.chance(0.5) ? one("SCRIPT", "KILL") : one("FUNCTION", "KILL")
         case 91..<92: return one("SCRIPT", "FLUSH")
+        case 93..<95: return one("AUTH", "u\(rng.int(0...3))", "pw")
         case 92..<93 where !c.modelMaySubscribe:
             switch rng.int(0...3) {
             case 0: return one("CLIENT", "TRACKING", "ON")

@@ -348,4 +348,30 @@ final class PoolStateTests: XCTestCase {
         for a in t.drain() { if case .close(let h, _) = a { t.pool.closed(h, now: t.now) } }
         XCTAssertTrue(t.drain().contains(.grant(client: 5, .control)), "served as soon as a slot is free")
     }
+
+    /// Connections belong to a user (a credential): a client gets its own user's, never another's; with the cap full,
+    /// an idle connection of another user is closed to make room, and the waiter is served once it is.
+    func testConnectionsPerUser() {
+        let t = PoolHarness(settings(cap: 2))
+        guard let a = use(t.acquire(1)) else { return }
+        t.readyAll()
+        guard case .open(let o) = t.pool.acquire(client: 2, proto: 2, db: 0, user: 7, now: t.now) else { return XCTFail("a connection of user 7") }
+        XCTAssertEqual(o.user, 7)
+        let b = t.handle()
+        t.pool.opened(b, o, now: t.now)
+        t.readyAll()
+        XCTAssertEqual(t.pool.connection(b)?.user, 7)
+        XCTAssertEqual(t.acquire(3), .use(a), "user 0's client gets user 0's connection")
+        XCTAssertEqual(t.settle(t.pool.acquire(client: 4, proto: 2, db: 0, user: 7, now: t.now)), .use(b))
+        XCTAssertEqual(t.settle(t.pool.acquire(client: 5, proto: 2, db: 0, user: 9, now: t.now)), .wait, "cap full")
+        let closes = t.actions.compactMap { if case .close(let h, _) = $0 { return h } else { return nil } }
+        XCTAssertEqual(closes.count, 1, "\(t.actions)")
+        guard let closed = closes.first else { return }
+        XCTAssertTrue(closed == a || closed == b, "an idle connection of another user")
+        t.pool.closed(closed, now: t.now)
+        XCTAssertTrue(t.drain().contains { if case .open(let o) = $0 { return o.user == 9 } else { return false } }, "opened for user 9")
+        XCTAssertTrue(t.pool.connections.contains { $0.user == 9 })
+        t.pool.userRefused(9, error: "WRONGPASS invalid username-password pair or user is disabled.")
+        XCTAssertTrue(t.drain().isEmpty, "nobody waits for user 9 any more (its connection was opened for client 5)")
+    }
 }

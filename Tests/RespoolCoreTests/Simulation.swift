@@ -158,7 +158,7 @@ final class Simulation {
                     upstreams[u.handle] = u
                     note("opened u\(u.id) \(o)")
                     pool.opened(u.handle, o, now: now)
-                    if case .subscriber(let proto) = o.role { attachHub(proto) }
+                    if case .subscriber(let proto) = o.role { attachHub(proto, user: o.user) }
                 }
             case .close(let h, let reason):
                 note("close u\(upstreams[h]!.id) \(reason)")
@@ -169,15 +169,13 @@ final class Simulation {
                 upstreams[h]!.fifo.append(.retarget)
             case .grant(let client, let need):
                 note("grant c\(client) \(need)")
-                if case .subscriber(let proto) = need { attachHub(proto) }
+                if case .subscriber(let proto, let user) = need { attachHub(proto, user: user) }
                 resumes.append(client)
             case .failWaiter(let client, let failure):
                 note("failWaiter c\(client) \(failure)")
                 if let c = clients[client], !c.closed {
-                    guard case .pool = c.session.stall else {
-                        fail("failWaiter for c\(client), which is not waiting (\(c.session.stall))")
-                        continue
-                    }
+                    // Possibly before the caller of acquire has recorded the stall (as in the driver): the resume,
+                    // after this step's actions, checks that the client waits.
                     c.waitFailure = failure
                     resumes.append(client)
                 }
@@ -186,10 +184,10 @@ final class Simulation {
                     c.session.leaseLost()
                     if c.session.isClosing { c.closing = true; finishClosingIfDone(c) }
                 }
-            case .subscriberLost(let proto):
-                context.subscriberReady[proto] = false
-                context.subscriberConnected[proto] = false
-                for c in clients.values where !c.closed && c.session.proto == proto && c.session.isSubscribed {
+            case .subscriberLost(let proto, let user):
+                context.subscriberReady.remove(SessionContext.hubKey(proto: proto, user: user))
+                context.subscriberConnected.remove(SessionContext.hubKey(proto: proto, user: user))
+                for c in clients.values where !c.closed && c.session.proto == proto && c.session.user == user && c.session.isSubscribed {
                     c.session.subscriberLost()
                     closeClient(c, reason: "upstream_lost_during_subscription")
                 }
@@ -202,9 +200,9 @@ final class Simulation {
     }
 
     /// The simulated hub's connection is connected as soon as it is attached.
-    func attachHub(_ proto: Int) {
-        context.subscriberReady[proto] = true
-        context.subscriberConnected[proto] = true
+    func attachHub(_ proto: Int, user: Int) {
+        context.subscriberReady.insert(SessionContext.hubKey(proto: proto, user: user))
+        context.subscriberConnected.insert(SessionContext.hubKey(proto: proto, user: user))
     }
 
     /// Answers every request still on `h` with an error (they are replies too) and tells the pool.
@@ -286,15 +284,15 @@ final class Simulation {
 
     /// The hub gives its connection back when nobody subscribes any more.
     func releaseHubsIfUnused() {
-        for proto in [2, 3] where context.subscriberReady[proto] {
-            let anyone = clients.values.contains { !$0.closed && $0.session.proto == proto && $0.session.isSubscribed }
-            if !anyone, let c = pool.connections.first(where: { $0.role == .subscriber(proto: proto) }) {
-                context.subscriberReady[proto] = false
-                context.subscriberConnected[proto] = false
+        for proto in [2, 3] { for user in 0...2 where context.subscriberReady.contains(SessionContext.hubKey(proto: proto, user: user)) {
+            let anyone = clients.values.contains { !$0.closed && $0.session.proto == proto && $0.session.user == user && $0.session.isSubscribed }
+            if !anyone, let c = pool.subscriberConnection(proto: proto, user: user) {
+                context.subscriberReady.remove(SessionContext.hubKey(proto: proto, user: user))
+                context.subscriberConnected.remove(SessionContext.hubKey(proto: proto, user: user))
                 pool.endLease(c.handle, .close, now: now)
                 applyPoolActions()
             }
-        }
+        } }
     }
 
     func closeClient(_ c: SimClient, reason: String) {
@@ -354,18 +352,18 @@ final class Simulation {
             case .acquire(let need):
                 let a: PoolState.Answer
                 switch need {
-                case .shared(let proto, let db):
-                    a = settle(pool.acquire(client: c.id, proto: proto, db: db, now: now))
+                case .shared(let proto, let db, let user):
+                    a = settle(pool.acquire(client: c.id, proto: proto, db: db, user: user, now: now))
                     if case .use(let h) = a { c.session.pinned(h) }
-                case .lease(let proto, let db):
-                    a = settle(pool.lease(client: c.id, proto: proto, db: db, now: now))
+                case .lease(let proto, let db, let user):
+                    a = settle(pool.lease(client: c.id, proto: proto, db: db, user: user, now: now))
                     if case .use(let h) = a {
                         c.session.leased(h)
                         applyEffects(c)
                     }
-                case .subscriber(let proto):
-                    a = settle(pool.subscriber(client: c.id, proto: proto, now: now))
-                    if case .use = a { attachHub(proto) }
+                case .subscriber(let proto, let user):
+                    a = settle(pool.subscriber(client: c.id, proto: proto, user: user, now: now))
+                    if case .use = a { attachHub(proto, user: user) }
                 case .handshake:
                     pool.wait(client: c.id, for: .handshake, now: now)
                     applyPoolActions()
@@ -405,6 +403,15 @@ final class Simulation {
             case .clientCommand(let silent):
                 answer(c, tag: tag, bytes: silent ? [] : [1])
                 return true
+            case .verify(let user, _):
+                // The simulated server accepts users u0, u1 and u2 (u0 is the URL's), refuses anyone else.
+                let name = user.map { String(decoding: $0, as: UTF8.self) } ?? "default"
+                if let n = ["u0", "u1", "u2"].firstIndex(of: name) {
+                    c.session.authChecked(.verified(user: n))
+                } else {
+                    c.session.authChecked(.refused(Array("-WRONGPASS invalid username-password pair or user is disabled.\r\n".utf8)))
+                }
+                continue
             }
         }
     }
