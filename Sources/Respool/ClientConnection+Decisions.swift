@@ -151,8 +151,8 @@ extension ClientConnection {
         case .handshake:
             proxy.pool.wait(client: id, for: .handshake)
             return nil
-        case .control:
-            answer = proxy.pool.control(client: id)
+        case .control(let user):
+            answer = proxy.pool.control(client: id, user: user)
             if case .use(let h) = answer { session.pinned(h) }
         }
         switch answer {

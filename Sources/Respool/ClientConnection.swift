@@ -206,6 +206,11 @@ final class ClientConnection: Connection {
     /// again (or answered with the pool's failure), then the rest of the input.
     func resume() {
         var failure = proxy.waitFailures.removeValue(forKey: id)
+        if session.stall == .verification, let f = failure {
+            // The connection that was to check the client's credential could not be had: that is the AUTH's answer.
+            session.authChecked(.refused(RESPWriter.errorLine(waitFailureMessage(f))))
+            failure = nil
+        }
         if case .pool = session.stall {} else { failure = nil }   // not (or no longer) waiting for the pool
         guard !isClosed, session.stall != .none || failure != nil else { return }
         let bytes = partial.copyBytes()
@@ -245,21 +250,25 @@ final class ClientConnection: Connection {
     /// order holds).
     private func answerWaitFailure(_ failure: PoolState.Failure, frame: UnsafeRawBufferPointer) {
         guard case .pool(let need) = session.stall else { return }
-        let message: String
-        switch failure {
-        case .timedOut(let cap):
-            let t = proxy.config.waitTimeout
-            message = "ERR respool: no upstream connection free within \(t == t.rounded() ? String(Int(t)) : String(t))s (cap \(cap) reached)"
-            proxy.stats[.waitTimeouts] &+= 1
-            proxy.logger.info("wait timeout", metadata: ["client.id": "\(id)", "cap": "\(cap)", "leased": "\(proxy.pool.leasedCount)"])
-        case .unavailable(let text):
-            message = text
-            proxy.stats[.commandsFailed] &+= 1
-        }
+        let message = waitFailureMessage(failure)
         var name = pendingHead.name
         if pendingHead.isInline, let first = (try? InlineCommand.split(frame))?.first { name = SmallBytes(lowercasing: first) }
         let bytes = session.couldNotAcquire(need, message: message, command: name)
         if !bytes.isEmpty { reply(bytes) }
+    }
+
+    /// The error text a failed wait answers with (counted and, for a timeout, logged).
+    private func waitFailureMessage(_ failure: PoolState.Failure) -> String {
+        switch failure {
+        case .timedOut(let cap):
+            let t = proxy.config.waitTimeout
+            proxy.stats[.waitTimeouts] &+= 1
+            proxy.logger.info("wait timeout", metadata: ["client.id": "\(id)", "cap": "\(cap)", "leased": "\(proxy.pool.leasedCount)"])
+            return "ERR respool: no upstream connection free within \(t == t.rounded() ? String(Int(t)) : String(t))s (cap \(cap) reached)"
+        case .unavailable(let text):
+            proxy.stats[.commandsFailed] &+= 1
+            return text
+        }
     }
 
     /// Handles a request off the fast path (contiguous bytes). Returns false when it must wait (`session.stall`

@@ -1,6 +1,8 @@
 // Credentials: the users clients authenticated as, when RESPOOL_CLIENT_PASSWORD is unset and the server checks
-// every AUTH. Id 0 is the URL's credential; every other credential the server accepted gets an id, and connections
-// of that id's pool authenticate with it (so a client's commands never run with more rights than it has). A
+// every AUTH. Id 0 is the URL's credential; every other credential gets an id when first seen (a candidate), is
+// checked by opening a connection with it, and connections of that id's pool authenticate with it as the client did
+// (AUTH with or without the user name: the server's answers to the two differ), so a client's commands never run with
+// more rights than it has. A
 // credential is found again by a salted hash of user and password (the salt random per process), then compared in
 // constant time; it skips the server's check for `ttl` seconds after the server accepted it, and is forgotten once
 // that has passed and no client or connection uses it (the password is kept only while connections may need it).
@@ -10,7 +12,10 @@ final class Credentials {
     struct Entry {
         let user: String
         let password: [UInt8]
+        /// AUTH with the password only (the default user).
+        let passwordOnly: Bool
         let key: Int
+        /// When the server last accepted it (-infinity: a candidate, or refused since).
         var verifiedAt: Double
     }
 
@@ -43,42 +48,46 @@ final class Credentials {
            ConstantTime.equal(password, Array(urlPassword.utf8)) {
             return 0
         }
-        guard user != nil || url.password != nil else { return nil }
-        for id in byKey[key(name, password)] ?? [] {
-            guard let e = entries[id], e.user == name, ConstantTime.equal(e.password, password) else { continue }
-            return now - e.verifiedAt < Self.ttl ? id : nil
-        }
-        return nil
+        guard let id = find(name, password, passwordOnly: user == nil), let e = entries[id] else { return nil }
+        return now - e.verifiedAt < Self.ttl ? id : nil
     }
 
-    /// The server accepted this credential: its id (the same one again for the same credential).
-    func accepted(user: [UInt8]?, password: [UInt8], now: Double) -> Int {
+    private func find(_ name: String, _ password: [UInt8], passwordOnly: Bool) -> Int? {
+        (byKey[key(name, password)] ?? []).first { id in
+            entries[id].map { $0.user == name && $0.passwordOnly == passwordOnly && ConstantTime.equal($0.password, password) } == true
+        }
+    }
+
+    /// The id of a credential about to be checked (the same one again for the same credential).
+    func candidate(user: [UInt8]?, password: [UInt8]) -> Int {
         let name = user.map { String(decoding: $0, as: UTF8.self) } ?? "default"
-        if let urlPassword = url.password, name == (url.username ?? "default"), ConstantTime.equal(password, Array(urlPassword.utf8)) {
-            return 0
-        }
-        let k = key(name, password)
-        for id in byKey[k] ?? [] where entries[id].map({ $0.user == name && ConstantTime.equal($0.password, password) }) == true {
-            entries[id]?.verifiedAt = now
-            return id
-        }
+        if let id = find(name, password, passwordOnly: user == nil) { return id }
         let id = nextID
         nextID += 1
-        entries[id] = Entry(user: name, password: password, key: k, verifiedAt: now)
+        let k = key(name, password)
+        entries[id] = Entry(user: name, password: password, passwordOnly: user == nil, key: k, verifiedAt: -.infinity)
         byKey[k, default: []].append(id)
         return id
     }
 
-    /// The server refused a connection's handshake with this credential: checked again next time.
-    func refused(_ id: Int) {
-        entries[id]?.verifiedAt = -Self.ttl
+    /// The server accepted credential `id` (a client may use it from now on).
+    func accepted(_ id: Int, now: Double) {
+        entries[id]?.verifiedAt = now
     }
 
-    /// User and password a connection of pool `id` authenticates with (nil password: the URL has none).
-    func credential(_ id: Int) -> (user: String?, password: String?) {
-        guard id != 0, let e = entries[id] else { return (url.username, url.password) }
-        return (e.user, String(decoding: e.password, as: UTF8.self))
+    /// The server refused credential `id`: checked again next time.
+    func refused(_ id: Int) {
+        entries[id]?.verifiedAt = -.infinity
     }
+
+    /// The AUTH a connection of pool `id` sends first (nil for the URL's, whose credentials go in the HELLO).
+    func auth(_ id: Int) -> [[UInt8]]? {
+        guard id != 0, let e = entries[id] else { return nil }
+        return e.passwordOnly ? [Array("AUTH".utf8), e.password] : [Array("AUTH".utf8), Array(e.user.utf8), e.password]
+    }
+
+    /// The URL's user and password (nil password: the URL has none).
+    var urlCredential: (user: String?, password: String?) { (url.username, url.password) }
 
     /// The user name of pool `id`, for logs (never the password).
     func userName(_ id: Int) -> String {

@@ -10,6 +10,7 @@ final class Health {
     /// /healthz requests waiting for the upstream's answer to one PING.
     private var waiters: [HTTPReply] = []
     private var timer: (OneShot, Timer)?
+    private var lastProblem: String?
     static let timeout = 2.0
 
     init(proxy: Proxy) {
@@ -29,7 +30,7 @@ final class Health {
         waiters.append(reply)
         if waiters.count > 1 { return }
         u!.send(.health, ["PING"])
-        u!.send(.healthAuth, u!.ownAuth)
+        u!.send(.healthAuth, u!.ownAuth.map { String(decoding: $0, as: UTF8.self) })
         if timer == nil {
             let h = OneShot { [weak self] in self?.answered(problem: "upstream did not answer PING within \(Health.timeout)s") }
             if let t = try? Timer(base: proxy.base, handler: h) { timer = (h, t) }
@@ -41,6 +42,15 @@ final class Health {
     func answered(problem: String?) {
         guard !waiters.isEmpty else { return }   // a late PONG after the timeout
         timer?.1.cancel()
+        // Each change of verdict is logged once (a refused credential names its user, never the password).
+        if problem != lastProblem {
+            if let problem {
+                proxy.logger.warning("unhealthy", metadata: ["reason": "\(problem)"])
+            } else {
+                proxy.logger.notice("healthy again", metadata: ["after": "\(lastProblem ?? "")"])
+            }
+            lastProblem = problem
+        }
         let w = waiters
         waiters.removeAll()
         for r in w { StatsEndpoint.sendHealth(r, problem: problem) }

@@ -37,7 +37,7 @@ final class Pool: EventHandler {
         base = proxy.base
         state = PoolState(settings: PoolSettings(config: proxy.config)) { h in
             Unmanaged<UpstreamConnection>.fromOpaque(h.raw)._withUnsafeGuaranteedRef {
-                ConnLoad(pending: $0.fifo.count, busy: $0.streamed > 0 || $0.out.count >= Pool.packBytes, stuck: $0.stuck || $0.verifying > 0)
+                ConnLoad(pending: $0.fifo.count, busy: $0.streamed > 0 || $0.out.count >= Pool.packBytes, stuck: $0.stuck)
             }
         }
         super.init()
@@ -81,23 +81,29 @@ final class Pool: EventHandler {
         return a
     }
 
-    /// Asks the server whether a client's credential is good: AUTH with it on the control connection (opened if need
-    /// be; with a cap below 3, an idle shared connection, which new clients pass over meanwhile), then AUTH with that
-    /// connection's own credential again. The answer comes to `client.credentialChecked`. Returns the error to answer
-    /// with when no connection can carry the check now.
+    /// Asks the server whether a client's credential is good, on a control connection of that credential's own pool
+    /// (opened with it, its handshake sending the client's AUTH first; with the control slot taken by another user's,
+    /// that one is closed once idle; with a cap below 3, an idle connection of the pool). The answer comes to
+    /// `client.credentialChecked`, or, if the client has to wait for the connection, the pool grants or fails its
+    /// wait. Returns the error to answer with at once, nil otherwise.
     func verify(_ client: ClientConnection, user: [UInt8]?, password: [UInt8]) -> String? {
-        var target: ConnHandle? = state.connections.first(where: { $0.role == .control })?.handle
-        if target == nil, case .use(let h) = settle(state.controlForRespool(now: base.now())) { target = h }
-        guard let h = target else { return state.unavailableError }
-        let u = Self.connection(h).takeUnretainedValue()
-        guard !u.isClosed else { return state.unavailableError }
-        u.sendVerification(for: client, user: user, password: password)
-        return nil
+        let id = proxy.credentials.candidate(user: user, password: password)
+        switch settle(state.control(client: client.id, user: id, now: base.now())) {
+        case .use(let h):
+            let u = Self.connection(h).takeUnretainedValue()
+            guard !u.isClosed else { return state.unavailableError }
+            u.sendVerification(for: client, credential: id)
+            return nil
+        case .wait, .open:
+            return nil
+        case .fail(let why):
+            return why
+        }
     }
 
     /// The control connection for `client`'s SCRIPT KILL, FUNCTION KILL or SHUTDOWN.
-    func control(client: Int) -> PoolState.Answer {
-        settle(state.control(client: client, now: base.now()))
+    func control(client: Int, user: Int) -> PoolState.Answer {
+        settle(state.control(client: client, user: user, now: base.now()))
     }
 
     /// A connection for respool's own PING or INFO: a ready shared one that is answering; when every ready shared
@@ -341,6 +347,8 @@ final class Pool: EventHandler {
         state.failed(u.handle, reason: reason, whileConnecting: whileConnecting, now: proxy.base.now())
         if whileConnecting {
             meta["retry_in"] = "\(retryIn)"
+            // A refused handshake names the credential's user (never its password).
+            if u.handshakeError != nil { meta["user"] = "\(proxy.credentials.userName(u.user))" }
             proxy.logger.warning("upstream connect failed", metadata: meta)
         } else {
             proxy.logger.warning("upstream connection lost", metadata: meta)

@@ -26,8 +26,8 @@ final class UpstreamConnection: Connection {
         case commandTable, advisorInfo, health
         /// RESET of a lease given back with state on it (then HELLO and SELECT as `retarget`).
         case reset
-        /// AUTH with the connection's own credential after checking a client's (Pool.verify).
-        case restoreAuth
+        /// The handshake's AUTH with a client's credential (a connection of that user's pool).
+        case auth
         /// AUTH with respool's credentials after /healthz's PING: a password changed on the server shows.
         case healthAuth
     }
@@ -146,28 +146,25 @@ final class UpstreamConnection: Connection {
     var user = 0
     /// The server's error to the handshake's HELLO AUTH, when it refused it.
     var handshakeError: String?
-    /// Credentials of the `.verify` entries, oldest first, and how many checks are on their way.
-    var verifications: [(user: [UInt8]?, password: [UInt8])] = []
-    var verifying = 0
+    /// Credential ids of the `.verify` entries, oldest first.
+    var verifications: [Int] = []
 
-    /// Sends a client's AUTH to be checked, then this connection's own AUTH again (so nothing after it runs as the
-    /// client's user).
-    func sendVerification(for client: ClientConnection, user clientUser: [UInt8]?, password: [UInt8]) {
-        var args: [[UInt8]] = [Array("AUTH".utf8)]
-        if let clientUser { args.append(clientUser) }
-        args.append(password)
-        out.append(RESPWriter.command(args))
+    /// Checks credential `id` for `client`: its AUTH again on this connection of that credential's pool (whose
+    /// handshake already sent it: a refusal there fails the connection and answers the client with the server's
+    /// error instead).
+    func sendVerification(for client: ClientConnection, credential id: Int) {
+        if let auth = proxy.credentials.auth(id) { out.append(RESPWriter.command(auth)) }
         push(.verify(Unmanaged.passUnretained(client)))
-        verifications.append((clientUser, password))
-        send(.restoreAuth, ownAuth)
-        verifying += 1
+        verifications.append(id)
+        markDirty()
     }
 
     /// AUTH with this connection's own credential (for a URL without a password: the default user, which then has
     /// none, takes any).
-    var ownAuth: [String] {
-        let c = proxy.credentials.credential(user)
-        return ["AUTH", c.user ?? "default", c.password ?? "respool"]
+    var ownAuth: [[UInt8]] {
+        if let auth = proxy.credentials.auth(user) { return auth }
+        let c = proxy.credentials.urlCredential
+        return [Array("AUTH".utf8), Array((c.user ?? "default").utf8), Array((c.password ?? "respool").utf8)]
     }
 
     /// Kinds of the `.counted` entries in the FIFO, oldest first.
@@ -200,15 +197,20 @@ final class UpstreamConnection: Connection {
 
     /// Queues the handshake (HELLO with AUTH and SETNAME, then SELECT) ahead of anything clients send.
     func queueHandshake(name: String) {
-        let credential = proxy.credentials.credential(user)
         var hello = ["HELLO", String(proto)]
-        if let password = credential.password {
-            hello += ["AUTH", credential.user ?? "default", password]
+        handshakeSteps = 0
+        if let auth = proxy.credentials.auth(user) {
+            // A client's credential, sent as the client sent it (its answer is the client's, should it be refused).
+            out.append(RESPWriter.command(auth))
+            push(.respool(.auth))
+            handshakeSteps += 1
+        } else if let password = proxy.credentials.urlCredential.password {
+            hello += ["AUTH", proxy.credentials.urlCredential.user ?? "default", password]
         }
         hello += ["SETNAME", name]
         serverName = name
         send(.hello, hello)
-        handshakeSteps = 1
+        handshakeSteps += 1
         if db != 0 {
             send(.select, ["SELECT", String(db)])
             handshakeSteps += 1
@@ -219,10 +221,15 @@ final class UpstreamConnection: Connection {
     /// everything the client set up, then the handshake's HELLO (RESP2, credentials, respool's name) and SELECT.
     /// Requests queued behind these see a fresh connection.
     func sendReset(name: String, db d: Int) {
-        let credential = proxy.credentials.credential(user)
         send(.reset, ["RESET"])
+        if let auth = proxy.credentials.auth(user) {
+            out.append(RESPWriter.command(auth))
+            push(.respool(.retarget))
+        }
         var hello = ["HELLO", "2"]
-        if let password = credential.password { hello += ["AUTH", credential.user ?? "default", password] }
+        if proxy.credentials.auth(user) == nil, let password = proxy.credentials.urlCredential.password {
+            hello += ["AUTH", proxy.credentials.urlCredential.user ?? "default", password]
+        }
         send(.retarget, hello + ["SETNAME", name])
         serverName = name
         proto = 2
@@ -420,13 +427,12 @@ final class UpstreamConnection: Connection {
                     flushRun()
                     commandsServed &+= 1
                     let bytes = frameBytes(fs, end)
-                    let v = verifications.removeFirst()
+                    let id = verifications.removeFirst()
                     let accepted = framer.kind == UInt8(ascii: "+")
+                    if accepted { proxy.credentials.accepted(id, now: proxy.base.now()) } else { proxy.credentials.refused(id) }
                     client._withUnsafeGuaranteedRef { c in
                         guard !c.isClosed else { return }
-                        c.credentialChecked(accepted
-                            ? .verified(user: proxy.credentials.accepted(user: v.user, password: v.password, now: proxy.base.now()))
-                            : .refused(bytes))
+                        c.credentialChecked(accepted ? .verified(user: id) : .refused(bytes))
                     }
                 case .counted(let client):
                     flushRun()
@@ -537,12 +543,13 @@ final class UpstreamConnection: Connection {
                 connectTimer?.cancel()
                 proxy.pool.connected(self)
             }
-        case .restoreAuth:
-            verifying -= 1
+        case .auth:
             if isError {
-                fail(reason: "AUTH with respool's own credential failed after checking a client's: \(errorText())")
+                handshakeError = errorText()
+                fail(reason: "handshake failed: \(handshakeError!)", handshake: true)
                 return false
             }
+            handshakeSteps -= 1
         case .healthAuth:
             proxy.health.answered(problem: isError
                 ? "upstream refuses respool's credentials (user \(proxy.credentials.userName(user))): \(errorText())" : nil)
@@ -599,7 +606,9 @@ final class UpstreamConnection: Connection {
             case .respool(.health), .respool(.healthAuth):
                 proxy.health.answered(problem: "the upstream connection closed before answering PING")
             case .verify(let c):
-                c._withUnsafeGuaranteedRef { if !$0.isClosed { $0.credentialChecked(.refused(line)) } }
+                // Refused in the handshake: the server's own words; else the connection's failure.
+                let answer = handshakeError.map { RESPWriter.errorLine($0) } ?? line
+                c._withUnsafeGuaranteedRef { if !$0.isClosed { $0.credentialChecked(.refused(answer)) } }
             case .respool:
                 break
             case .client(let c, _), .silent(let c), .scan(let c), .counted(let c):

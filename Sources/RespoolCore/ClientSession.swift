@@ -372,7 +372,7 @@ public struct ClientSession {
     mutating func control() -> Decision {
         if case .leased = mode { return forward() }
         if inFlight > 0 { return .wait }
-        guard upstream != nil else { return .acquire(.control) }
+        guard upstream != nil else { return .acquire(.control(user: user)) }
         inFlight += 1
         onControl = true
         return .forward(silent: false)

@@ -146,11 +146,11 @@ extension PoolState {
                     case .wait, .fail: break
                     }
                 }
-            case .control:
-                if connections.contains(where: { $0.role == .control }) {
+            case .control(let user):
+                if controlConnection(user: user) != nil {
                     met = true
-                } else if !openings.contains(where: { $0.role == .control }) {
-                    switch tryControl(now: now) {
+                } else if !openings.contains(where: { $0.role == .control && $0.user == user }) {
+                    switch tryControl(user: user, now: now) {
                     case .use: met = true
                     case .open(let o): emitForWaiter(o)
                     case .wait, .fail: break

@@ -38,16 +38,17 @@ public enum Need: Equatable, Sendable {
     case subscriber(proto: Int, user: Int = 0)
     /// Any connection that has completed its handshake (HELLO's reply repeats what the server said in it).
     case handshake
-    /// The control connection: nothing of the data path is queued on it (SCRIPT KILL, FUNCTION KILL, SHUTDOWN).
-    case control
+    /// The control connection of a user: nothing of the data path is queued on it (SCRIPT KILL, FUNCTION KILL,
+    /// SHUTDOWN, the check of a new credential).
+    case control(user: Int = 0)
 }
 
 extension Need {
     /// The credential a connection for this need authenticates with (0: the URL's).
     public var user: Int {
         switch self {
-        case .shared(_, _, let u), .lease(_, _, let u), .subscriber(_, let u): return u
-        case .handshake, .control: return 0
+        case .shared(_, _, let u), .lease(_, _, let u), .subscriber(_, let u), .control(let u): return u
+        case .handshake: return 0
         }
     }
 }
@@ -389,34 +390,47 @@ public struct PoolState {
 
     /// The control connection, for a request that must reach the server even when a script holds every shared
     /// connection (SCRIPT KILL, FUNCTION KILL, SHUTDOWN); `client` waits when none can be had yet.
-    public mutating func control(client: Int, now: Double) -> Answer {
-        if let c = connections.first(where: { $0.role == .control }) { return .use(c.handle) }
+    /// The control connection is its user's: one of another user is closed (once idle) to make room.
+    public mutating func control(client: Int, user: Int = 0, now: Double) -> Answer {
+        if let c = controlConnection(user: user) { return .use(c.handle) }
         var answer = Answer.wait
-        if !openings.contains(where: { $0.role == .control }) { answer = tryControl(now: now) }
-        if case .wait = answer { waiters.append(client, Waiter(need: .control, since: now)) }
+        if !openings.contains(where: { $0.role == .control && $0.user == user }) { answer = tryControl(user: user, now: now) }
+        if case .wait = answer { waiters.append(client, Waiter(need: .control(user: user), since: now)) }
         return answer
+    }
+
+    public func controlConnection(user: Int) -> Connection? {
+        connections.first { $0.role == .control && $0.user == user && !$0.retiring }
     }
 
     /// The control connection for respool's own requests (PING, INFO) when no shared connection answers: the one
     /// open, else one opened now (nil when none can be).
     public mutating func controlForRespool(now: Double) -> Answer {
-        if let c = connections.first(where: { $0.role == .control }) { return .use(c.handle) }
+        if let c = controlConnection(user: 0) { return .use(c.handle) }
         if openings.contains(where: { $0.role == .control }) { return .wait }
-        return tryControl(now: now)
+        return tryControl(user: 0, now: now)
     }
 
     /// Opens the control connection in a free slot (the reserved one, or any), else takes an idle shared connection
     /// that is not stuck.
-    mutating func tryControl(now: Double) -> Answer {
+    mutating func tryControl(user: Int, now: Double) -> Answer {
         if closing { return .wait }
-        if settings.cap - controlUsed - dataUsed > 0 && now >= retryAt {
+        if let i = connections.firstIndex(where: { $0.role == .control && $0.user != user && !$0.retiring }) {
+            // Another user's: closed once idle, then this user's is opened in its slot.
+            if load(connections[i].handle).pending == 0 {
+                connections[i].retiring = true
+                emit(.close(connections[i].handle, reason: "room for another user's control connection"))
+            }
+            return .wait
+        }
+        if settings.cap - controlUsed - dataUsed > 0 && (now >= retryAt || user != 0) {
             // Database 0 and no SELECT in its handshake: SELECT is refused while a script holds the server, HELLO
             // (and SCRIPT KILL, FUNCTION KILL, SHUTDOWN) are not.
-            let o = Opening(proto: 2, db: 0, role: .control)
+            let o = Opening(proto: 2, db: 0, role: .control, user: user)
             openings.append(o)
             return .open(o)
         }
-        if let h = idleShared() { return .use(h) }
+        if let h = idleShared(user: user) { return .use(h) }
         if now < retryAt && connections.isEmpty && openings.isEmpty { return .fail(unavailableError) }
         return .wait
     }

@@ -108,8 +108,17 @@ final class AuthTests: IntegrationTestCase {
                 XCTAssertTrue(try waitUntil { let r = try httpGet(port, "/healthz"); body = r.1; return r.0 == 503 }, body)
                 XCTAssertTrue(body.contains("upstream refuses respool's credentials (user default): WRONGPASS"), body)
                 XCTAssertFalse(body.contains("pw"), "no password: \(body)")
+                XCTAssertTrue(respool.waitForLog("reason=\"upstream refuses respool's credentials (user default)"), respool.stdoutText)
+                // Clients that know the new password still get through, as they would directly: their credential
+                // is checked on a connection of its own, and their commands run on connections opened with it.
+                let d = try TestClient(redis.endpoint)
+                try assertSameReplies(direct: d, proxied: try respool.client(),
+                                      [["AUTH", "wrong"], ["AUTH", "changed"], ["SET", "k", "v"], ["GET", "k"], ["ACL", "WHOAMI"]],
+                                      "the new password")
                 assertReply(try c.command("CONFIG", "SET", "requirepass", "pw"), Reply.ok)
                 XCTAssertTrue(try waitUntil { try httpGet(port, "/healthz").0 == 200 }, "healthy again")
+                XCTAssertTrue(respool.waitForLog("msg=\"healthy again\""), respool.stdoutText)
+                XCTAssertFalse(respool.stdoutText.contains("changed"), "no password in the log")
             }
         }
     }

@@ -346,7 +346,7 @@ final class PoolStateTests: XCTestCase {
         XCTAssertEqual(t.pool.waiters.ordered.map(\.id), [5])
         t.pool.endLease(l, .close, now: t.now)
         for a in t.drain() { if case .close(let h, _) = a { t.pool.closed(h, now: t.now) } }
-        XCTAssertTrue(t.drain().contains(.grant(client: 5, .control)), "served as soon as a slot is free")
+        XCTAssertTrue(t.drain().contains(.grant(client: 5, .control(user: 0))), "served as soon as a slot is free")
     }
 
     /// Connections belong to a user (a credential): a client gets its own user's, never another's; with the cap full,

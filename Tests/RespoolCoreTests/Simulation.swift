@@ -368,8 +368,8 @@ final class Simulation {
                     pool.wait(client: c.id, for: .handshake, now: now)
                     applyPoolActions()
                     return false
-                case .control:
-                    a = settle(pool.control(client: c.id, now: now))
+                case .control(let user):
+                    a = settle(pool.control(client: c.id, user: user, now: now))
                     if case .use(let h) = a { c.session.pinned(h) }
                 }
                 switch a {
