@@ -125,7 +125,7 @@ extension ClientConnection {
                 case SmallBytes("id"): return String(c.id) == value
                 case SmallBytes("addr"): return c.peerAddress == value
                 case SmallBytes("laddr"): return c.localAddress == value
-                case SmallBytes("user"): return value == "default"
+                case SmallBytes("user"): return value == proxy.credentials.userName(c.session.user)
                 case SmallBytes("type"): return value.lowercased() == (c.session.isSubscribed ? "pubsub" : "normal")
                 case SmallBytes("maxage"): return Int(value).map { Int(now - c.createdAt) >= $0 } ?? false
                 default: return false
@@ -178,7 +178,7 @@ extension ClientConnection {
         return "id=\(id) addr=\(peerAddress) laddr=\(localAddress) fd=\(fd) name=\(n) age=\(Int(now - createdAt)) "
             + "idle=\(Int(now - lastActive)) flags=\(flags) db=\(session.db) sub=\(session.subscriptions[0].count) psub=\(session.subscriptions[1].count) ssub=\(session.subscriptions[2].count) multi=\(session.inMulti ? session.multiQueued : -1) "
             + "qbuf=\(qbuf) qbuf-free=0 argv-mem=\(argvMem) multi-mem=0 rbs=\(partial.count) rbp=\(partial.count) obl=0 oll=0 omem=\(out.count) "
-            + "tot-mem=\(1024 + qbuf + argvMem + out.count) events=\(out.isEmpty ? "r" : "rw") cmd=\(session.lastCommand) user=default "
+            + "tot-mem=\(1024 + qbuf + argvMem + out.count) events=\(out.isEmpty ? "r" : "rw") cmd=\(session.lastCommand) user=\(proxy.credentials.userName(session.user)) "
             + "redir=\(redir) resp=\(session.proto)\(library)\n"
     }
 }

@@ -15,6 +15,7 @@ extension ClientConnection {
             if session.hasEffects { applyEffects() }
             switch d {
             case .forward(let silent):
+                if r.route == .admin, CommandTable.changesCredentials(r.args) { proxy.credentials.forgetVerdicts() }
                 if r.route == .local(.client), let translated = translatedClientCommand(r) {
                     translated.withUnsafeBytes { send($0, silent: silent) }
                 } else if r.route == .pubsubCount, !silent, proxy.hasSubscriberConnections, let kind = PubSubCount(r.args) {

@@ -75,6 +75,12 @@ final class Credentials {
         entries[id]?.verifiedAt = now
     }
 
+    /// Users or passwords may have changed (an ACL SETUSER, DELUSER or LOAD, a CONFIG SET requirepass went through):
+    /// every credential is checked with the server again before it is accepted.
+    func forgetVerdicts() {
+        for id in entries.keys { entries[id]?.verifiedAt = -.infinity }
+    }
+
     /// The server refused credential `id`: checked again next time.
     func refused(_ id: Int) {
         entries[id]?.verifiedAt = -.infinity

@@ -326,7 +326,7 @@ public struct ClientSession {
                 return .reply(subscribedPing(r.args), .error)
             }
             return forward()
-        case .pubsubCount:
+        case .pubsubCount, .admin:
             return forward()
         case .streamRead:
             return CommandTable.streamReadBlocks(r.args) ? leased(.none) : forward()

@@ -72,6 +72,9 @@ public enum CommandRoute: Sendable, Equatable {
     /// PUBLISH, SPUBLISH, PUBSUB: forwarded, and the subscriber counts in the reply (PUBLISH's receivers, NUMSUB,
     /// SHARDNUMSUB) are corrected from respool's subscriber connections to its clients (PubSubCount).
     case pubsubCount
+    /// ACL and CONFIG: forwarded; those that change users or passwords (ACL SETUSER/DELUSER/LOAD, CONFIG SET
+    /// requirepass) make respool check every client credential with the server again (`changesCredentials`).
+    case admin
     /// SCRIPT and FUNCTION (their KILL) and SHUTDOWN: what must reach the server while a script holds it, so they go to
     /// the control connection, never behind the script on a shared one. Other SCRIPT/FUNCTION subcommands are forwarded.
     case serverControl
@@ -135,6 +138,7 @@ public enum CommandTable {
         for n: StaticString in ["script", "function", "shutdown"] { t[SmallBytes(n)] = .serverControl }
         t[SmallBytes("xreadgroup")] = .streamRead
         for n: StaticString in ["publish", "spublish", "pubsub"] { t[SmallBytes(n)] = .pubsubCount }
+        for n: StaticString in ["acl", "config"] { t[SmallBytes(n)] = .admin }
         t[SmallBytes("hello")] = .local(.hello)
         t[SmallBytes("client")] = .local(.client)
         t[SmallBytes("quit")] = .local(.quit)
@@ -216,7 +220,17 @@ public enum CommandTable {
 
     nonisolated(unsafe) private static var known: Known?
 
-    /// The name redis-server uses for a command in its errors: "get", or "client|list" for a subcommand.
+    /// Whether an ACL or CONFIG request changes who may log in with what (then cached credentials are checked again).
+    public static func changesCredentials(_ args: [[UInt8]]) -> Bool {
+        guard args.count >= 2 else { return false }
+        let name = SmallBytes(lowercasing: args[0]), sub = SmallBytes(lowercasing: args[1])
+        if name == SmallBytes("acl") {
+            return sub == SmallBytes("setuser") || sub == SmallBytes("deluser") || sub == SmallBytes("load")
+        }
+        return name == SmallBytes("config") && sub == SmallBytes("set")
+            && args.dropFirst(2).contains { SmallBytes(lowercasing: $0) == SmallBytes("requirepass") }
+    }
+
     /// Commands whose CLIENT LIST cmd= names the subcommand too ("client|list").
     static let containers: Set<SmallBytes> = Set(["client", "config", "acl", "cluster", "command", "function", "latency",
         "memory", "module", "object", "pubsub", "script", "slowlog", "xinfo", "xgroup"].map { SmallBytes(lowercasing: Array($0.utf8)) })
@@ -227,6 +241,7 @@ public enum CommandTable {
         return SmallBytes(lowercasing: r.args[0] + [UInt8(ascii: "|")] + r.args[1])
     }
 
+    /// The name redis-server uses for a command in its errors: "get", or "client|list" for a subcommand.
     public static func fullName(_ args: [[UInt8]]) -> String {
         guard let first = args.first else { return "" }
         let name = String(decoding: first, as: UTF8.self).lowercased()

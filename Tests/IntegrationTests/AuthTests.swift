@@ -75,6 +75,13 @@ final class AuthTests: IntegrationTestCase {
             assertReply(try second.command("AUTH", "app", "apw"), Reply.ok)
             assertReply(try second.command("ACL", "WHOAMI"), Reply.bulk("app"))
             XCTAssertEqual(try authCalls(redis), calls, "the accepted credential was not checked again")
+            XCTAssertTrue(try second.command("CLIENT", "INFO").string?.contains(" user=app ") == true, "CLIENT INFO names the user")
+            // A password changed through respool: the cached verdict goes, the server judges again.
+            assertReply(try respool.client().command("ACL", "SETUSER", "app", "resetpass", ">newpw"), Reply.ok)
+            let third = try respool.client()
+            assertErrorReply(try third.command("AUTH", "app", "apw"), prefix: "WRONGPASS", "the old password, no longer cached")
+            assertReply(try third.command("AUTH", "app", "newpw"), Reply.ok)
+            assertReply(try admin.command("ACL", "SETUSER", "app", "resetpass", ">apw"), Reply.ok)
             let subscriber = try respool.client()
             assertReply(try subscriber.command("AUTH", "app", "apw"), Reply.ok)
             _ = try subscriber.command("SUBSCRIBE", "app:ch")
