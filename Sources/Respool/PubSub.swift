@@ -107,6 +107,9 @@ final class PubSubHub {
         u.hub = self
         u.rename("\(proxy.config.namePrefix):pubsub")
         proxy.sessionContext.subscriberReady.insert(key)
+        // An established connection switched to this role has long finished its handshake (its server id is
+        // known): ready now, not at a handshake that will never come again.
+        if u.state == .ready { upstreamReady() }
     }
 
     /// The subscriber connection is gone (closed by the hub, or failed: `connectionLost` follows).

@@ -68,8 +68,8 @@ final class AuthTests: IntegrationTestCase {
             try assertSameReplies(direct: try redis.client(), proxied: try respool.client(), [
                 ["AUTH", "wrong"], ["AUTH", "app", "wrong"], ["AUTH", "nobody", "x"], ["AUTH", "default", "anything"],
                 ["AUTH", "app", "apw"], ["ACL", "WHOAMI"], ["SET", "app:k", "v"], ["SET", "other:k", "v"], ["GET", "app:k"],
-                ["SUBSCRIBE", "other:ch"], ["PING"],
-            ], "AUTH judged by the server, then commands as app")
+                ["SUBSCRIBE", "other:ch"], ["PING"], ["RESET"], ["ACL", "WHOAMI"], ["SET", "other:k", "v"],
+            ], "AUTH judged by the server, then commands as app, and RESET back to the default user")
             let calls = try authCalls(redis)
             let second = try respool.client()
             assertReply(try second.command("AUTH", "app", "apw"), Reply.ok)

@@ -235,4 +235,36 @@ final class TrackingTests: IntegrationTestCase {
             XCTAssertEqual(wantUnblock.first, Array(":1\r\n".utf8))
         }
     }
+
+    /// A RESP3 tracker with REDIRECT to a respool client that has not subscribed yet, while idle shared connections
+    /// exist: the pool makes one of them the subscriber connection (no new handshake), and the tracker gets its OK as
+    /// directly, then the redirect target gets the invalidations once it subscribes. (redis-py's suite in RESP3 hung
+    /// here: the switched connection was never marked ready.)
+    func testRedirectToAClientNotYetSubscribedWhileIdleConnectionsExist() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "6", "RESPOOL_MIN_SERVER_CONNECTIONS": "4"]) { redis, respool in
+            XCTAssertTrue(try waitUntil { try respool.metric("respool_upstream_connections", "shared") == 4 }, "the minimum is open")
+            let p = keyPrefix()
+            let writer = try redis.client()
+            func pair(_ open: () throws -> TestClient) throws -> (target: TestClient, tracker: TestClient, out: [[UInt8]]) {
+                let target = try open(), tracker = try open()
+                let targetID = integer(try target.command("CLIENT", "ID"))
+                var out: [[UInt8]] = []
+                for c in [["HELLO", "3"], ["CLIENT", "TRACKING", "ON", "REDIRECT", String(targetID)], ["GET", "\(p)k"]] {
+                    try tracker.sendCommand(c)
+                    out.append(try tracker.readRawReply(timeout: 10))
+                }
+                out.removeFirst()   // HELLO's reply carries the client id, which differs
+                try target.sendCommand(["SUBSCRIBE", "__redis__:invalidate"])
+                out.append(try target.readRawReply(timeout: 10))
+                return (target, tracker, out)
+            }
+            let d = try pair { try redis.client() }
+            let r = try pair { try respool.client() }
+            XCTAssertEqual(r.out, d.out, "\(r.out.map { showBytes($0) }) against \(d.out.map { showBytes($0) })")
+            assertReply(try writer.command("SET", "\(p)k", "v"), Reply.ok)
+            let want = try d.target.readRawReply(timeout: 10)
+            XCTAssertEqual(try r.target.readRawReply(timeout: 10), want, "the invalidation message: \(showBytes(want))")
+        }
+    }
 }
