@@ -47,6 +47,9 @@ public final class Proxy: AcceptHandler {
     private var statsServer: HTTPServer?
     private var statsEndpoint: StatsEndpoint?
     private(set) var listenDescription = ""
+    /// The app of `respool exec` (nil otherwise).
+    private(set) var app: AppProcess?
+    private var forwarders: [SignalForwarder] = []
     var activity = ActivityList()
     /// The CLIENT LIST/INFO/KILL being answered and whose it is (its own line counts it, as redis's does).
     var clientCommandRunning: (client: Int, args: [[UInt8]])?
@@ -106,8 +109,10 @@ public final class Proxy: AcceptHandler {
         stats.deallocate()
     }
 
-    /// Listens, connects the first upstream connection and runs until shutdown. Returns the exit code.
-    public func run() throws(SystemError) -> Int32 {
+    /// Listens, connects the first upstream connection and runs until shutdown. Returns the exit code. With `exec`,
+    /// runs the app once listening (its upstream variable pointing at respool), passes it the dyno's signals, and
+    /// shuts down once it has exited, with its exit code.
+    public func run(exec: ExecSpec? = nil) throws(SystemError) -> Int32 {
         tuneMalloc()
         ignoreSIGPIPE()
         let tcp = try Listener(base: base, host: config.bind, port: config.port, handler: self)
@@ -156,6 +161,24 @@ public final class Proxy: AcceptHandler {
         if config.upstream.tls && !config.tls.verify {
             logger.warning("TLS certificate verification is off (RESPOOL_TLS_VERIFY=none): traffic is encrypted but the upstream's identity is not checked")
         }
+        if let exec {
+            // Watched before the app starts, so that even an app exiting at once is seen.
+            let a = AppProcess(proxy: self, spec: exec)
+            app = a
+            signals.append(try SignalWatch(base: base, signal: SIGCHLD, handler: a, tag: AppProcess.Event.sigchld))
+            for (signal, name) in [(SIGHUP, "SIGHUP"), (SIGQUIT, "SIGQUIT"), (SIGUSR2, "SIGUSR2")] {
+                let f = SignalForwarder(proxy: self, signal: signal, name: name)
+                signals.append(try SignalWatch(base: base, signal: signal, handler: f, tag: SingleEvent.fired))
+                forwarders.append(f)
+            }
+            do {
+                try a.start(port: tcp.address.port)
+            } catch {
+                logger.error("cannot run the app", metadata: ["command": "\(exec.argv[0])", "error": "\(error)"])
+                exitCode = error.errno == EACCES ? 126 : 127   // as a shell reports a command it cannot run
+                beginShutdown(signal: "none (the app could not start)")
+            }
+        }
 
         while running {
             base.runOnce()
@@ -168,6 +191,9 @@ public final class Proxy: AcceptHandler {
             server.answerPending()
             for _ in 0..<5 { base.runNonBlocking() }
             server.close()
+        }
+        if let app, app.running {
+            app.stop()
         }
         logger.info("respool stopped", metadata: ["exit_code": "\(exitCode)"])
         return exitCode
@@ -308,10 +334,25 @@ public final class Proxy: AcceptHandler {
 
     // MARK: shutdown
 
+    /// The app of `respool exec` exited: respool drains and exits with its code.
+    func appExited(_ code: Int32) {
+        exitCode = code
+        beginShutdown(signal: "none (the app exited)")
+    }
+
+    /// A dyno signal: the app's when there is one still running (respool keeps serving it), else respool's shutdown.
+    func signalled(_ signal: Int32, name: String) {
+        if let app, app.running {
+            app.forward(signal, name: name)
+        } else if signal == SIGTERM || signal == SIGINT {
+            beginShutdown(signal: name)
+        }
+    }
+
     func beginShutdown(signal: String) {
         if shuttingDown {
             logger.warning("second signal, exiting at once", metadata: ["signal": "\(signal)"])
-            exitCode = 1
+            if app?.exitCode == nil { exitCode = 1 }
             running = false
             return
         }
@@ -352,7 +393,8 @@ public final class Proxy: AcceptHandler {
     }
 }
 
-/// Signal events: SIGTERM/SIGINT shut down (a second one exits at once); SIGUSR1 logs the counters.
+/// Signal events: SIGTERM/SIGINT shut down (a second one exits at once), or under `respool exec` go to the app;
+/// SIGUSR1 logs the counters.
 final class SignalHandler: EventHandler {
     enum Event: Int { case sigterm, sigint, sigusr1 }
     unowned let proxy: Proxy
@@ -362,11 +404,25 @@ final class SignalHandler: EventHandler {
     }
     override func handleEvent(_ what: Int16, tag: Int) {
         switch Event(rawValue: tag) {
-        case .sigterm?: proxy.beginShutdown(signal: "SIGTERM")
-        case .sigint?: proxy.beginShutdown(signal: "SIGINT")
+        case .sigterm?: proxy.signalled(SIGTERM, name: "SIGTERM")
+        case .sigint?: proxy.signalled(SIGINT, name: "SIGINT")
         case .sigusr1?, nil: proxy.periodic.logCounters()
         }
     }
+}
+
+/// Under `respool exec`: a signal respool has no use for (SIGHUP, SIGQUIT, SIGUSR2), passed to the app.
+final class SignalForwarder: EventHandler {
+    unowned let proxy: Proxy
+    let signal: Int32
+    let name: String
+    init(proxy: Proxy, signal: Int32, name: String) {
+        self.proxy = proxy
+        self.signal = signal
+        self.name = name
+        super.init()
+    }
+    override func handleEvent(_ what: Int16, tag: Int) { proxy.signalled(signal, name: name) }
 }
 
 /// A handler running a closure (rare events only: timers of shutdown and accept back-off).

@@ -48,6 +48,11 @@ struct RespoolCommand: ParsableCommand {
             upstream connections. Every setting is read from its environment variable; the flag of the same name \
             overrides it (--flag value or --flag=value).
 
+            respool exec [--flag value ...] -- COMMAND [ARGS...] runs COMMAND beside respool once it listens, with \
+            REDIS_URL (and the variable the upstream came from) set to respool's local URL and RESPOOL_URL removed; \
+            SIGTERM, SIGINT, SIGHUP, SIGQUIT and SIGUSR2 go to COMMAND, respool keeps serving it and exits once it \
+            has, with its exit code (Procfile: web: respool exec -- bundle exec puma).
+
             SETTINGS:
             \(settingsHelp)
             """
@@ -90,8 +95,8 @@ struct RespoolCommand: ParsableCommand {
         return out
     }
 
-    /// The process environment with the flags merged over it.
-    func environment() -> [String: String] {
+    /// The process environment.
+    static func processEnvironment() -> [String: String] {
         var env: [String: String] = [:]
         var p = environ
         while let entry = p.pointee {
@@ -99,11 +104,18 @@ struct RespoolCommand: ParsableCommand {
             if let eq = s.firstIndex(of: "=") { env[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
             p += 1
         }
+        return env
+    }
+
+    /// The process environment with the flags merged over it.
+    func environment() -> [String: String] {
+        var env = Self.processEnvironment()
         for (variable, value) in (try? flags()) ?? [:] { env[variable] = value }
         return env
     }
 
-    func start() -> Int32 {
+    /// Runs respool (with `exec`, `respool exec`'s command beside it). Returns the exit code.
+    func start(exec: [String]? = nil) -> Int32 {
         var host = [CChar](repeating: 0, count: 256)
         gethostname(&host, host.count - 1)
         let hostName = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
@@ -118,7 +130,7 @@ struct RespoolCommand: ParsableCommand {
         let logger = Logger(label: "respool") { label in LogfmtHandler(label: label, level: level) }
         do {
             let proxy = try Proxy(config: config, logger: logger)
-            return try proxy.run()
+            return try proxy.run(exec: exec.map { ExecSpec(argv: $0, environment: Self.processEnvironment()) })
         } catch let error as ConfigError {
             // A setting that parsed but cannot be used (a TLS file that does not load): as any bad value, exit 2.
             writeStderr("respool: \(error)")

@@ -1,11 +1,21 @@
-// respool: environment and flags → Config (a bad value: one line naming it, exit 2) → logging → Proxy.run().
+// respool (or `respool exec ... -- COMMAND`): environment and flags → Config (a bad value: one line naming it, exit 2) → logging → Proxy.run().
 import ArgumentParser
 import Glibc
 import Logging
 import Respool
 import RespoolCore
 
-let arguments = Array(CommandLine.arguments.dropFirst())
+var arguments = Array(CommandLine.arguments.dropFirst())
+// `respool exec [--flag value ...] -- COMMAND [ARGS...]`: the settings before `--`, the app's command after it.
+var execCommand: [String]?
+if arguments.first == "exec" {
+    guard let dash = arguments.firstIndex(of: "--"), dash + 1 < arguments.count else {
+        writeStderr("respool: usage: respool exec [--flag value ...] -- COMMAND [ARGS...]")
+        exit(2)
+    }
+    execCommand = Array(arguments[(dash + 1)...])
+    arguments = Array(arguments[1..<dash])
+}
 let command: RespoolCommand
 do {
     command = try RespoolCommand.parse(arguments)
@@ -18,4 +28,4 @@ do {
     writeStderr("respool: \(RespoolCommand.message(for: error).split(separator: "\n").first ?? "invalid arguments")")
     exit(2)
 }
-exit(command.start())
+exit(command.start(exec: execCommand))

@@ -90,6 +90,16 @@ final class ConfigTests: XCTestCase {
         XCTAssertThrowsError(try RedisURL(parsing: "h:1"))
     }
 
+    /// What `respool exec` puts in the app's URL: a password percent-encoded so that parsing gives it back.
+    func testPercentEncodingRoundTrips() throws {
+        for pw in ["p@ss word", "a:b/c?d#e%f", "plain-._~", "ünï"] {
+            let encoded = RedisURL.percentEncode(pw)
+            XCTAssertFalse(encoded.contains { "@:/?# ".contains($0) }, encoded)
+            XCTAssertEqual(try RedisURL(parsing: "redis://:\(encoded)@127.0.0.1:6380").password, pw)
+        }
+        XCTAssertEqual(RedisURL.percentEncode("p@ss word"), "p%40ss%20word")
+    }
+
     func testTLSSettings() throws {
         let plain = try Config(environment: ["RESPOOL_URL": "rediss://h:6380"])
         XCTAssertTrue(plain.upstream.tls)
