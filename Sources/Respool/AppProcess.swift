@@ -19,14 +19,14 @@ public struct ExecSpec: Sendable {
 
 final class AppProcess: EventHandler {
     enum Event: Int { case deadline, sigchld }
-    unowned let proxy: Proxy
+    unowned let runtime: Runtime
     let spec: ExecSpec
     private(set) var child: ChildProcess?
     private(set) var exitCode: Int32?
     private var deadline: Timer?
 
-    init(proxy: Proxy, spec: ExecSpec) {
-        self.proxy = proxy
+    init(runtime: Runtime, spec: ExecSpec) {
+        self.runtime = runtime
         self.spec = spec
         super.init()
     }
@@ -48,37 +48,43 @@ final class AppProcess: EventHandler {
         return "redis://\(auth)\(host):\(port)"
     }
 
-    /// The app's environment: respool's, with the upstream's variable set to respool's local URL (REDIS_URL too,
-    /// which is what apps read, when the upstream came from RESPOOL_URL or the default) and RESPOOL_URL removed, so
-    /// the upstream's address and password stay with respool.
-    static func environment(_ base: [String: String], config: Config, localURL: String) -> [String: String] {
+    /// The app's environment: respool's, with RESPOOL_URL removed, so the upstreams' addresses and passwords stay
+    /// with respool, and each upstream's variable set to the local URL of its listener. With one upstream that is
+    /// REDIS_URL, which is what apps read (and the variable it came from, if another); with RESPOOL_URLS, each
+    /// variable named there.
+    static func environment(_ base: [String: String], upstreams: [(config: Config, localURL: String)]) -> [String: String] {
         var env = base
         env.removeValue(forKey: "RESPOOL_URL")
-        if config.upstreamSource != "RESPOOL_URL" && config.upstreamSource != "default" {
-            env[config.upstreamSource] = localURL
+        for (config, url) in upstreams {
+            if config.upstreamSource != "RESPOOL_URL" && config.upstreamSource != "default" {
+                env[config.upstreamSource] = url
+            }
+            if config.upstreamLabel == nil { env["REDIS_URL"] = url }
         }
-        env["REDIS_URL"] = localURL
         return env
     }
 
     /// Starts the app. Throws when it cannot run.
-    func start(port: Int) throws(SystemError) {
-        let url = Self.localURL(config: proxy.config, port: port)
-        let c = try ChildProcess.spawn(spec.argv, environment: Self.environment(spec.environment, config: proxy.config, localURL: url))
+    func start() throws(SystemError) {
+        let ups = runtime.proxies.map { (config: $0.config, localURL: $0.localURL) }
+        let c = try ChildProcess.spawn(spec.argv, environment: Self.environment(spec.environment, upstreams: ups))
         child = c
-        proxy.logger.info("app started", metadata: ["pid": "\(c.pid)", "command": "\(spec.argv.joined(separator: " "))",
-                                                     "app_url": "\(Self.localURL(config: proxy.config, port: port, masked: true))"])
+        var meta: Logger.Metadata = ["pid": "\(c.pid)", "command": "\(spec.argv.joined(separator: " "))"]
+        for p in runtime.proxies {
+            meta[p.config.upstreamLabel ?? "app_url"] = "\(p.localURLMasked)"
+        }
+        runtime.logger.info("app started", metadata: meta)
     }
 
     /// A signal for the dyno reached respool: the app gets it; respool keeps serving until the app exits. The first
     /// SIGTERM or SIGINT starts the app's deadline (RESPOOL_SHUTDOWN_TIMEOUT), after which it is killed.
     func forward(_ signal: Int32, name: String) {
         guard let child, running else { return }
-        proxy.logger.info("signal passed to the app", metadata: ["signal": "\(name)", "pid": "\(child.pid)"])
+        runtime.logger.info("signal passed to the app", metadata: ["signal": "\(name)", "pid": "\(child.pid)"])
         child.send(signal)
         guard signal == SIGTERM || signal == SIGINT, deadline == nil else { return }
-        if let t = try? Timer(base: proxy.base, handler: self, tag: Event.deadline) {
-            t.schedule(after: proxy.config.shutdownTimeout)
+        if let t = try? Timer(base: runtime.base, handler: self, tag: Event.deadline) {
+            t.schedule(after: runtime.config.shutdownTimeout)
             deadline = t
         }
     }
@@ -88,15 +94,15 @@ final class AppProcess: EventHandler {
         guard let child, exitCode == nil, let code = child.exitCode() else { return }
         exitCode = code
         deadline?.cancel()
-        proxy.logger.info("app exited", metadata: ["pid": "\(child.pid)", "exit_code": "\(code)"])
-        proxy.appExited(code)
+        runtime.logger.info("app exited", metadata: ["pid": "\(child.pid)", "exit_code": "\(code)"])
+        runtime.appExited(code)
     }
 
     override func handleEvent(_ what: Int16, tag: Int) {
         if tag == Event.sigchld.rawValue { return checkExited() }
         guard let child, running else { return }
-        proxy.logger.warning("app still running after the shutdown timeout, killing it",
-                             metadata: ["pid": "\(child.pid)", "timeout": "\(proxy.config.shutdownTimeout)s"])
+        runtime.logger.warning("app still running after the shutdown timeout, killing it",
+                             metadata: ["pid": "\(child.pid)", "timeout": "\(runtime.config.shutdownTimeout)s"])
         child.send(SIGKILL)
     }
 
@@ -105,12 +111,12 @@ final class AppProcess: EventHandler {
     func stop() {
         guard let child, running else { return }
         child.send(SIGTERM)
-        let until = monotonicNow() + proxy.config.shutdownTimeout
+        let until = monotonicNow() + runtime.config.shutdownTimeout
         var killed = false
         while true {
             if let code = child.exitCode() {
                 exitCode = code
-                proxy.logger.info("app exited", metadata: ["pid": "\(child.pid)", "exit_code": "\(code)"])
+                runtime.logger.info("app exited", metadata: ["pid": "\(child.pid)", "exit_code": "\(code)"])
                 return
             }
             if !killed && monotonicNow() >= until {

@@ -7,8 +7,8 @@ import RespoolCore
 
 final class Health {
     unowned let proxy: Proxy
-    /// /healthz requests waiting for the upstream's answer to one PING.
-    private var waiters: [HTTPReply] = []
+    /// /healthz requests waiting for the upstream's answer to one PING (each is given the problem, nil if healthy).
+    private var waiters: [(String?) -> Void] = []
     private var timer: (OneShot, Timer)?
     private var lastProblem: String?
     static let timeout = 2.0
@@ -17,17 +17,17 @@ final class Health {
         self.proxy = proxy
     }
 
-    func check(_ reply: HTTPReply) {
+    func check(_ verdict: @escaping (String?) -> Void) {
         var problem: String? = proxy.shuttingDown ? "shutting down" : nil
         let u = proxy.pool.forRespool()
         if problem == nil && u == nil {
             problem = "no ready upstream connection" + (proxy.pool.lastError.map { " (\($0))" } ?? "")
         }
         if let problem {
-            StatsEndpoint.sendHealth(reply, problem: problem)
+            verdict(problem)
             return
         }
-        waiters.append(reply)
+        waiters.append(verdict)
         if waiters.count > 1 { return }
         u!.send(.health, ["PING"])
         u!.send(.healthAuth, u!.ownAuth.map { String(decoding: $0, as: UTF8.self) })
@@ -53,6 +53,6 @@ final class Health {
         }
         let w = waiters
         waiters.removeAll()
-        for r in w { StatsEndpoint.sendHealth(r, problem: problem) }
+        for r in w { r(problem) }
     }
 }

@@ -1,6 +1,7 @@
-// Proxy: owns the event loop, the listeners, the clients and the pool; runs the loop (one iteration, then the resumes,
-// the flush of every dirty connection and the freeing of what closed), accepts clients and carries out shutdown.
-// Health checks (Health.swift) and the periodic work (Periodic.swift: advisor polls, stats lines) have their own files.
+// Proxy: one upstream's listeners, clients and pool; after each loop iteration (driven by Runtime, which owns the loop,
+// the signals, the stats endpoint and the app of `respool exec`) the resumes, the flush of every dirty connection and
+// the freeing of what closed; accepts clients and carries out its part of shutdown. Health checks (Health.swift) and
+// the periodic work (Periodic.swift: advisor polls, stats lines) have their own files.
 import EventLoop
 import Glibc
 import Logging
@@ -30,11 +31,9 @@ public final class Proxy: AcceptHandler {
     let scratch: UnsafeMutableRawPointer
     let scratchSize = 256 << 10
     private var nextClientId = 1
-    private var running = true
+    /// Shutdown is over: every client closed, every connection closed (or the shutdown timeout passed).
+    private(set) var finished = false
     private(set) var shuttingDown = false
-    private var exitCode: Int32 = 0
-    private var signalHandler: SignalHandler!
-    private var signals: [SignalWatch] = []
     /// Timers of rare events: the shutdown deadline, and the listeners' resume after an accept failure.
     private var shutdownTimer: (OneShot, Timer)?
     private var acceptResume: (OneShot, Timer)?
@@ -44,12 +43,11 @@ public final class Proxy: AcceptHandler {
     private(set) var periodic: Periodic!
     private var janitor: Janitor!
     private var hubs: [Int: PubSubHub] = [:]
-    private var statsServer: HTTPServer?
-    private var statsEndpoint: StatsEndpoint?
     private(set) var listenDescription = ""
-    /// The app of `respool exec` (nil otherwise).
-    private(set) var app: AppProcess?
-    private var forwarders: [SignalForwarder] = []
+    /// The URL an app uses to reach this upstream through respool (what `respool exec` gives it).
+    private(set) var localURL = ""
+    /// The same with the client password masked (for logs).
+    private(set) var localURLMasked = ""
     var activity = ActivityList()
     /// The CLIENT LIST/INFO/KILL being answered and whose it is (its own line counts it, as redis's does).
     var clientCommandRunning: (client: Int, args: [[UInt8]])?
@@ -68,9 +66,12 @@ public final class Proxy: AcceptHandler {
     /// The name sent as SNI and checked against the upstream's certificate.
     let tlsServerName: String
 
-    /// Throws a ConfigError (exit 2) when a TLS file does not load, a SystemError when the event loop cannot start.
-    public init(config: Config, logger: Logger) throws {
+    /// Throws a ConfigError (exit 2) when a TLS file does not load. With several upstreams every log line carries
+    /// `pool=<its variable>`.
+    init(config: Config, logger: Logger, base: EventBase) throws {
         self.config = config
+        var logger = logger
+        if let label = config.upstreamLabel { logger[metadataKey: "pool"] = "\(label)" }
         self.logger = logger
         credentials = Credentials(url: config.upstream)
         tlsServerName = config.tls.serverName ?? config.upstream.host
@@ -89,7 +90,7 @@ public final class Proxy: AcceptHandler {
         } else {
             tlsContext = nil
         }
-        base = try EventBase()
+        self.base = base
         sessionContext = SessionContext(config: config)
         limits = RESPLimits(maxBulkLength: config.maxBulkLength, maxMultibulkLength: config.maxMultibulkLength)
         upstreamLimits = RESPLimits(maxBulkLength: Int.max / 4, maxMultibulkLength: Int.max / 4,
@@ -98,7 +99,6 @@ public final class Proxy: AcceptHandler {
         startedAt = monotonicNow()
         super.init()
         pool = Pool(proxy: self)
-        signalHandler = SignalHandler(proxy: self)
         janitor = Janitor(proxy: self)
         health = Health(proxy: self)
         periodic = Periodic(proxy: self)
@@ -109,12 +109,9 @@ public final class Proxy: AcceptHandler {
         stats.deallocate()
     }
 
-    /// Listens, connects the first upstream connection and runs until shutdown. Returns the exit code. With `exec`,
-    /// runs the app once listening (its upstream variable pointing at respool), passes it the dyno's signals, and
-    /// shuts down once it has exited, with its exit code.
-    public func run(exec: ExecSpec? = nil) throws(SystemError) -> Int32 {
-        tuneMalloc()
-        ignoreSIGPIPE()
+    /// Listens and connects the first upstream connection; logs the start-up line (with the stats endpoint's
+    /// address, `stats`, when there is one).
+    func start(stats: String?) throws(SystemError) {
         let tcp = try Listener(base: base, host: config.bind, port: config.port, handler: self)
         listeners.append(tcp)
         var meta: Logger.Metadata = ["listen": "\(tcp.address)"]
@@ -123,11 +120,11 @@ public final class Proxy: AcceptHandler {
             listeners.append(try Listener(base: base, unixPath: path, handler: self))
             meta["socket"] = "\(path)"
         }
+        localURL = AppProcess.localURL(config: config, port: tcp.address.port)
+        localURLMasked = AppProcess.localURL(config: config, port: tcp.address.port, masked: true)
+        meta["local_url"] = "\(localURLMasked)"
         let resume = OneShot { [weak self] in self?.listeners.forEach { $0.resume() } }
         acceptResume = (resume, try Timer(base: base, handler: resume))
-        signals.append(try SignalWatch(base: base, signal: SIGTERM, handler: signalHandler, tag: SignalHandler.Event.sigterm))
-        signals.append(try SignalWatch(base: base, signal: SIGINT, handler: signalHandler, tag: SignalHandler.Event.sigint))
-        signals.append(try SignalWatch(base: base, signal: SIGUSR1, handler: signalHandler, tag: SignalHandler.Event.sigusr1))
         meta["upstream"] = "\(config.upstream)"
         meta["upstream_from"] = "\(config.upstreamSource)"
         if config.upstream.tls {
@@ -143,13 +140,7 @@ public final class Proxy: AcceptHandler {
         meta["client_auth"] = "\(config.clientPassword == nil ? "off" : "required")"
         meta["backend"] = "\(base.backendName)"
         try janitor.start()
-        if config.statsPort >= 0 {
-            let endpoint = StatsEndpoint(proxy: self)
-            let server = try HTTPServer(base: base, host: config.statsBind, port: config.statsPort, handler: endpoint)
-            statsEndpoint = endpoint
-            statsServer = server
-            meta["stats"] = "\(server.address.map { "\($0)" } ?? "\(config.statsBind):\(config.statsPort)")"
-        }
+        if let stats { meta["stats"] = "\(stats)" }
         meta["client_idle_timeout"] = "\(config.clientIdleTimeout)s"
         meta["transaction_idle_timeout"] = "\(config.transactionIdleTimeout)s"
         meta["wait_timeout"] = "\(config.waitTimeout)s"
@@ -161,48 +152,12 @@ public final class Proxy: AcceptHandler {
         if config.upstream.tls && !config.tls.verify {
             logger.warning("TLS certificate verification is off (RESPOOL_TLS_VERIFY=none): traffic is encrypted but the upstream's identity is not checked")
         }
-        if let exec {
-            // Watched before the app starts, so that even an app exiting at once is seen.
-            let a = AppProcess(proxy: self, spec: exec)
-            app = a
-            signals.append(try SignalWatch(base: base, signal: SIGCHLD, handler: a, tag: AppProcess.Event.sigchld))
-            for (signal, name) in [(SIGHUP, "SIGHUP"), (SIGQUIT, "SIGQUIT"), (SIGUSR2, "SIGUSR2")] {
-                let f = SignalForwarder(proxy: self, signal: signal, name: name)
-                signals.append(try SignalWatch(base: base, signal: signal, handler: f, tag: SingleEvent.fired))
-                forwarders.append(f)
-            }
-            do {
-                try a.start(port: tcp.address.port)
-            } catch {
-                logger.error("cannot run the app", metadata: ["command": "\(exec.argv[0])", "error": "\(error)"])
-                exitCode = error.errno == EACCES ? 126 : 127   // as a shell reports a command it cannot run
-                beginShutdown(signal: "none (the app could not start)")
-            }
-        }
-
-        while running {
-            base.runOnce()
-            afterIteration()
-        }
-        if let server = statsServer {
-            // What the stats endpoint still owes is answered (a /healthz waiting for its PING gets 503) and given a
-            // few non-blocking loop passes to be written before evhttp is freed.
-            health.answered(problem: "shutting down")
-            server.answerPending()
-            for _ in 0..<5 { base.runNonBlocking() }
-            server.close()
-        }
-        if let app, app.running {
-            app.stop()
-        }
-        logger.info("respool stopped", metadata: ["exit_code": "\(exitCode)"])
-        return exitCode
     }
 
     /// Work done once per loop iteration: close what asked to be closed, resume stalled clients, write every dirty
     /// connection once, free the closed.
     @inline(__always)
-    private func afterIteration() {
+    func afterIteration() {
         if !pendingCloses.isEmpty {
             let closes = pendingCloses
             pendingCloses.removeAll()
@@ -217,7 +172,7 @@ public final class Proxy: AcceptHandler {
             c._withUnsafeGuaranteedRef { $0.flush() }
         }
         if !graveyard.isEmpty { graveyard.removeAll(keepingCapacity: true) }
-        if shuttingDown { checkShutdownDone() }
+        if shuttingDown && !finished { checkShutdownDone() }
     }
 
     /// Closes a client after the current callbacks (never inside an upstream's reply loop).
@@ -334,28 +289,9 @@ public final class Proxy: AcceptHandler {
 
     // MARK: shutdown
 
-    /// The app of `respool exec` exited: respool drains and exits with its code.
-    func appExited(_ code: Int32) {
-        exitCode = code
-        beginShutdown(signal: "none (the app exited)")
-    }
-
-    /// A dyno signal: the app's when there is one still running (respool keeps serving it), else respool's shutdown.
-    func signalled(_ signal: Int32, name: String) {
-        if let app, app.running {
-            app.forward(signal, name: name)
-        } else if signal == SIGTERM || signal == SIGINT {
-            beginShutdown(signal: name)
-        }
-    }
-
+    /// Stops accepting, answers what was read, then closes everything (`finished`), within RESPOOL_SHUTDOWN_TIMEOUT.
     func beginShutdown(signal: String) {
-        if shuttingDown {
-            logger.warning("second signal, exiting at once", metadata: ["signal": "\(signal)"])
-            if app?.exitCode == nil { exitCode = 1 }
-            running = false
-            return
-        }
+        if shuttingDown { return }
         shuttingDown = true
         logger.info("shutting down", metadata: ["signal": "\(signal)", "clients": "\(openClients)",
                                                 "in_flight": "\(pool.totalPending)", "timeout": "\(config.shutdownTimeout)s"])
@@ -369,7 +305,7 @@ public final class Proxy: AcceptHandler {
         let h = OneShot { [weak self] in
             guard let self else { return }
             self.logger.warning("shutdown timeout, closing with commands in flight", metadata: ["in_flight": "\(self.pool.totalPending)"])
-            self.running = false
+            self.finished = true
         }
         if let t = try? Timer(base: base, handler: h) {
             t.schedule(after: config.shutdownTimeout)
@@ -389,40 +325,13 @@ public final class Proxy: AcceptHandler {
         // Clients blocked on a leased connection just got an error reply: one last write, then everyone is closed.
         for c in clients.values where !c.isClosed && !c.out.isEmpty { c.flush() }
         for c in clients.values where !c.isClosed { c.close(reason: "shutdown") }
-        running = false
+        finished = true
     }
-}
 
-/// Signal events: SIGTERM/SIGINT shut down (a second one exits at once), or under `respool exec` go to the app;
-/// SIGUSR1 logs the counters.
-final class SignalHandler: EventHandler {
-    enum Event: Int { case sigterm, sigint, sigusr1 }
-    unowned let proxy: Proxy
-    init(proxy: Proxy) {
-        self.proxy = proxy
-        super.init()
+    /// The end of the loop: what the endpoint still owes about this upstream is answered.
+    func stopped() {
+        health.answered(problem: "shutting down")
     }
-    override func handleEvent(_ what: Int16, tag: Int) {
-        switch Event(rawValue: tag) {
-        case .sigterm?: proxy.signalled(SIGTERM, name: "SIGTERM")
-        case .sigint?: proxy.signalled(SIGINT, name: "SIGINT")
-        case .sigusr1?, nil: proxy.periodic.logCounters()
-        }
-    }
-}
-
-/// Under `respool exec`: a signal respool has no use for (SIGHUP, SIGQUIT, SIGUSR2), passed to the app.
-final class SignalForwarder: EventHandler {
-    unowned let proxy: Proxy
-    let signal: Int32
-    let name: String
-    init(proxy: Proxy, signal: Int32, name: String) {
-        self.proxy = proxy
-        self.signal = signal
-        self.name = name
-        super.init()
-    }
-    override func handleEvent(_ what: Int16, tag: Int) { proxy.signalled(signal, name: name) }
 }
 
 /// A handler running a closure (rare events only: timers of shutdown and accept back-off).

@@ -1,20 +1,25 @@
-// StatsEndpoint: the local HTTP endpoint for operators, served from the proxy's own loop: /metrics (Prometheus),
-// /stats (the same as JSON, with the configuration, passwords masked), /clients, /upstreams and /healthz.
+// StatsEndpoint: the local HTTP endpoint for operators, served from respool's own loop: /metrics (Prometheus),
+// /stats (the same as JSON, with the configuration, passwords masked), /clients, /upstreams and /healthz. With several
+// upstreams (RESPOOL_URLS) every metric carries an `upstream` label (its variable), /stats has one object per
+// upstream, /clients and /upstreams items an "upstream" field, and /healthz is healthy when every upstream is.
 import EventLoop
 import RESP
 import RespoolCore
 
 final class StatsEndpoint: HTTPHandler {
-    unowned let proxy: Proxy
+    unowned let runtime: Runtime
 
-    init(proxy: Proxy) {
-        self.proxy = proxy
+    init(runtime: Runtime) {
+        self.runtime = runtime
         super.init()
     }
 
+    private var proxies: [Proxy] { runtime.proxies }
+    private var several: Bool { proxies.count > 1 }
+
     override func respond(method: String, path: String, reply: HTTPReply) {
         if path == "/healthz" {
-            proxy.health.check(reply)
+            health(reply)
         } else if path == "/clients" {
             streamClients(reply)
         } else {
@@ -26,8 +31,25 @@ final class StatsEndpoint: HTTPHandler {
     /// stall their traffic; clients that close meanwhile are left out.
     private var streams: [ObjectIdentifier: ClientsStream] = [:]
 
+    /// Every upstream's verdict; 503 naming each unhealthy one (by its variable) when any is.
+    private func health(_ reply: HTTPReply) {
+        if !several {
+            proxies[0].health.check { StatsEndpoint.sendHealth(reply, problem: $0) }
+            return
+        }
+        var left = proxies.count
+        var problems: [String] = []
+        for p in proxies {
+            p.health.check { problem in
+                if let problem { problems.append("\(p.config.upstreamLabel ?? ""): \(problem)") }
+                left -= 1
+                if left == 0 { StatsEndpoint.sendHealth(reply, problem: problems.isEmpty ? nil : problems.joined(separator: "; ")) }
+            }
+        }
+    }
+
     private func streamClients(_ reply: HTTPReply) {
-        let ids = proxy.clientsByID.compactMap { $0.isClosed ? nil : $0.id }
+        let ids = proxies.indices.flatMap { i in proxies[i].clientsByID.compactMap { $0.isClosed ? nil : ClientRef(proxy: i, id: $0.id) } }
         guard let stream = try? ClientsStream(endpoint: self, reply: reply, ids: ids) else {
             reply.send(status: 200, contentType: "application/json", body: Array("[\(clientsDocument(ids: ids[...]))]".utf8))
             return
@@ -52,11 +74,13 @@ final class StatsEndpoint: HTTPHandler {
     override func respond(method: String, path: String) -> (status: Int32, contentType: String, body: [UInt8]) {
         switch path {
         case "/metrics":
-            return (200, "text/plain; version=0.0.4; charset=utf-8", Array(Metrics.prometheus(values()).utf8))
+            let text = several ? Metrics.prometheus(labelled: proxies.map { ($0.config.upstreamLabel ?? "", values($0)) })
+                : Metrics.prometheus(values(proxies[0]))
+            return (200, "text/plain; version=0.0.4; charset=utf-8", Array(text.utf8))
         case "/stats":
             return (200, "application/json", Array(statsDocument().utf8))
         case "/upstreams":
-            return (200, "application/json", Array(upstreamsDocument().utf8))
+            return (200, "application/json", Array(("[" + proxies.map(upstreamsDocument).filter { !$0.isEmpty }.joined(separator: ",") + "]").utf8))
         default:
             return (404, "text/plain; charset=utf-8", Array("not found; try /metrics, /stats, /clients, /upstreams or /healthz\n".utf8))
         }
@@ -64,7 +88,7 @@ final class StatsEndpoint: HTTPHandler {
 
     /// Current values of every metric in `Metrics.all` (sampled now: counts come from the live state, counters from
     /// the one table in Stats.swift).
-    func values() -> [MetricValues] {
+    func values(_ proxy: Proxy) -> [MetricValues] {
         let pool = proxy.pool!
         let ups = pool.upstreams
         func d(_ v: Int) -> Double { Double(v) }
@@ -90,7 +114,7 @@ final class StatsEndpoint: HTTPHandler {
         gauges[Metrics.commandDuration.name] = MetricValues(Metrics.commandDuration, histogram: proxy.commandDurations)
         gauges[Metrics.waitDuration.name] = MetricValues(Metrics.waitDuration, histogram: proxy.waitDurations)
         gauges[Metrics.roundTrip.name] = MetricValues(Metrics.roundTrip, histogram: proxy.roundTrips)
-        for v in serverValues() { gauges[v.definition.name] = v }
+        for v in serverValues(proxy) { gauges[v.definition.name] = v }
         let counters = proxy.stats.samples()
         return Metrics.all.compactMap { def in
             if let v = gauges[def.name] { return v }
@@ -99,7 +123,7 @@ final class StatsEndpoint: HTTPHandler {
     }
 
     /// The advisor's figures from the last INFO (metrics without a value yet are left out).
-    private func serverValues() -> [MetricValues] {
+    private func serverValues(_ proxy: Proxy) -> [MetricValues] {
         let f = proxy.periodic.serverFigures
         var out: [MetricValues] = []
         func add(_ def: MetricDefinition, _ v: Int?) { if let v { out.append(MetricValues(def, Double(v))) } }
@@ -112,7 +136,15 @@ final class StatsEndpoint: HTTPHandler {
         return out
     }
 
+    /// One upstream's document; with several, an object of them by variable.
     private func statsDocument() -> String {
+        if !several { return statsDocument(proxies[0]) }
+        let parts = proxies.map { "\(Metrics.jsonString($0.config.upstreamLabel ?? "")):\(statsDocument($0))" }
+        return "{\"version\":\(Metrics.jsonString(respoolVersion)),\"uptime_seconds\":\(Metrics.number(proxies[0].uptime)),"
+            + "\"upstreams\":{\(parts.joined(separator: ","))}}"
+    }
+
+    private func statsDocument(_ proxy: Proxy) -> String {
         let c = proxy.config
         var config: [String] = []
         config.append("\"upstream\":\(Metrics.jsonString(c.upstream.description))")
@@ -130,13 +162,17 @@ final class StatsEndpoint: HTTPHandler {
         let advice = proxy.periodic.advice.map { "{\"code\":\(Metrics.jsonString($0.rawValue)),\"message\":\(Metrics.jsonString($0.message))}" }
         return "{\"version\":\(Metrics.jsonString(respoolVersion)),\"uptime_seconds\":\(Metrics.number(proxy.uptime)),"
             + "\"config\":{\(config.joined(separator: ","))},\"advice\":[\(advice.joined(separator: ","))],"
-            + "\"metrics\":\(Metrics.json(values()))}"
+            + "\"metrics\":\(Metrics.json(values(proxy)))}"
     }
 
     /// The JSON objects of the clients in `ids` still open, comma-separated.
-    fileprivate func clientsDocument(ids: ArraySlice<Int>) -> String {
-        let now = proxy.base.now()
-        let items = ids.compactMap { proxy.clients[$0] }.filter { !$0.isClosed }.map { c -> String in
+    fileprivate func clientsDocument(ids: ArraySlice<ClientRef>) -> String {
+        let now = runtime.base.now()
+        let items = ids.compactMap { r -> (Proxy, ClientConnection)? in
+            let p = proxies[r.proxy]
+            guard let c = p.clients[r.id], !c.isClosed else { return nil }
+            return (p, c)
+        }.map { (proxy, c) -> String in
             let s = c.session
             let state: String
             if s.isSubscribed { state = "subscribed" }
@@ -146,7 +182,8 @@ final class StatsEndpoint: HTTPHandler {
             else if case .pool = s.stall { state = "waiting" }
             else { state = "idle" }
             let name = s.name.map { Metrics.jsonString(String(decoding: $0, as: UTF8.self)) } ?? "null"
-            return "{\"id\":\(c.id),\"addr\":\(Metrics.jsonString(c.peerAddress)),\"name\":\(name),\"db\":\(s.db),\"resp\":\(s.proto),"
+            let upstream = several ? "\"upstream\":\(Metrics.jsonString(proxy.config.upstreamLabel ?? "")),": ""
+            return "{\(upstream)\"id\":\(c.id),\"addr\":\(Metrics.jsonString(c.peerAddress)),\"name\":\(name),\"db\":\(s.db),\"resp\":\(s.proto),"
                 + "\"age\":\(Int(now - c.createdAt)),\"idle\":\(Int(now - c.lastActive)),\"state\":\"\(state)\","
                 + "\"in_flight\":\(s.inFlight),\"last_command\":\(Metrics.jsonString(s.lastCommand.description)),"
                 + "\"output_bytes\":\(c.out.count),\"pin\":\(s.pinReason.map { "\"\($0)\"" } ?? "null")}"
@@ -154,20 +191,28 @@ final class StatsEndpoint: HTTPHandler {
         return items.joined(separator: ",")
     }
 
-    private func upstreamsDocument() -> String {
+    /// One upstream's connections, comma-separated.
+    private func upstreamsDocument(_ proxy: Proxy) -> String {
         let now = proxy.base.now()
+        let upstream = several ? "\"upstream\":\(Metrics.jsonString(proxy.config.upstreamLabel ?? "")),": ""
         let items = proxy.pool.upstreams.map { u -> String in
             let control = proxy.pool.state.connection(u.handle)?.role == .control
             let pinned = u.leasedTo?._withUnsafeGuaranteedRef { $0.session.isPinned } ?? false
             let state = u.hub != nil ? "pubsub" : pinned ? "pinned" : u.leased ? "leased"
                 : u.state.rawValue != "ready" ? u.state.rawValue : control ? "control" : "shared"
             let holder = u.leasedTo.map { String($0.takeUnretainedValue().id) } ?? "null"
-            return "{\"id\":\(u.id),\"name\":\(Metrics.jsonString(u.serverName)),\"state\":\"\(state)\",\"resp\":\(u.proto),\"db\":\(u.db),"
+            return "{\(upstream)\"id\":\(u.id),\"name\":\(Metrics.jsonString(u.serverName)),\"state\":\"\(state)\",\"resp\":\(u.proto),\"db\":\(u.db),"
                 + "\"age\":\(Int(now - u.createdAt)),\"pending\":\(u.pending),\"commands_served\":\(u.commandsServed),\"leased_to\":\(holder),"
                 + "\"stuck\":\(u.stuck),\"tls\":\(u.tls.map { Metrics.jsonString($0.description) } ?? "null")}"
         }
-        return "[" + items.joined(separator: ",") + "]"
+        return items.joined(separator: ",")
     }
+}
+
+/// A client of /clients: which upstream's (index in `Runtime.proxies`) and its id there (ids are per upstream).
+struct ClientRef {
+    let proxy: Int
+    let id: Int
 }
 
 let respoolVersion = "0.1.0"
@@ -177,17 +222,17 @@ private final class ClientsStream: EventHandler {
     static let batch = 200
     unowned let endpoint: StatsEndpoint
     let reply: HTTPReply
-    let ids: [Int]
+    let ids: [ClientRef]
     var position = 0
     var wroteAny = false
     var timer: Timer?
 
-    init(endpoint: StatsEndpoint, reply: HTTPReply, ids: [Int]) throws(SystemError) {
+    init(endpoint: StatsEndpoint, reply: HTTPReply, ids: [ClientRef]) throws(SystemError) {
         self.endpoint = endpoint
         self.reply = reply
         self.ids = ids
         super.init()
-        timer = try Timer(base: endpoint.proxy.base, handler: self)
+        timer = try Timer(base: endpoint.runtime.base, handler: self)
     }
 
     override func handleEvent(_ what: Int16, tag: Int) { next() }

@@ -46,8 +46,12 @@ public struct TLSSettings: Equatable, Sendable {
 
 public struct Config: Equatable, Sendable {
     public var upstream: RedisURL
-    /// Which variable the upstream came from (RESPOOL_URL, REDIS_URL or the default), for the start-up line.
+    /// Which variable the upstream came from (RESPOOL_URL, REDIS_URL, the default, or one named by RESPOOL_URLS),
+    /// for the start-up line.
     public var upstreamSource: String
+    /// With RESPOOL_URLS: the variable this upstream came from, which labels its stats, logs and listener; nil with
+    /// one upstream (RESPOOL_URL or REDIS_URL), whose stats carry no upstream label.
+    public var upstreamLabel: String?
     public var bind: String
     public var port: Int
     public var socketPath: String?
@@ -102,6 +106,8 @@ public struct Config: Equatable, Sendable {
     public var tls: TLSSettings
 
     public static let options: [ConfigOption] = [
+        .init(variable: "RESPOOL_URLS", flag: "urls", defaultText: "(none: one upstream, RESPOOL_URL or REDIS_URL)",
+              help: "Several upstreams in one process: the names of the variables holding their URLs, e.g. \"REDIS_URL REDIS_CACHE_URL\". Each gets its own listener (consecutive ports from RESPOOL_PORT; RESPOOL_SOCKET gets .<VARIABLE> appended after the first), pool, cap and stats label; any setting can be given for one of them as SETTING_<VARIABLE> (RESPOOL_MAX_SERVER_CONNECTIONS_REDIS_CACHE_URL=5)."),
         .init(variable: "RESPOOL_URL", flag: "url", defaultText: "$REDIS_URL, else redis://127.0.0.1:6379",
               help: "Upstream Redis: redis://[user:password@]host:port[/db], or rediss:// for TLS. The password AUTHs every upstream connection and is never printed."),
         .init(variable: "RESPOOL_TLS_VERIFY", flag: "tls-verify", defaultText: "full",
@@ -185,7 +191,50 @@ public struct Config: Equatable, Sendable {
 
     /// Builds the configuration from `environment` (process environment with flags merged over it).
     /// `hostName` is the fallback for the name prefix.
-    public init(environment env: [String: String], hostName: String = "respool") throws(ConfigError) {
+    /// The configuration of every upstream: one (RESPOOL_URL or REDIS_URL), or one per variable named by
+    /// RESPOOL_URLS, each with its SETTING_<VARIABLE> overrides, its port (RESPOOL_PORT + its position, unless 0 or
+    /// given for it) and its socket path.
+    public static func all(environment env: [String: String], hostName: String = "respool") throws(ConfigError) -> [Config] {
+        guard let list = env["RESPOOL_URLS"]?.trimmingSpaces, !list.isEmpty else {
+            return [try Config(environment: env, hostName: hostName)]
+        }
+        let names = list.split(whereSeparator: { $0 == " " || $0 == "," || $0 == "\t" }).map(String.init)
+        var seen: Set<String> = []
+        for n in names {
+            guard let f = n.utf8.first, f == UInt8(ascii: "_") || (f >= 65 && f <= 90) || (f >= 97 && f <= 122),
+                  n.utf8.allSatisfy({ $0 == UInt8(ascii: "_") || ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) }) else {
+                throw ConfigError(variable: "RESPOOL_URLS", message: "must list environment variable names, got \"\(n.prefix(40))\"")
+            }
+            guard seen.insert(n).inserted else { throw ConfigError(variable: "RESPOOL_URLS", message: "names \(n) twice") }
+            guard env[n]?.trimmingSpaces.isEmpty == false else {
+                throw ConfigError(variable: n, message: "is named by RESPOOL_URLS but not set")
+            }
+        }
+        var configs: [Config] = []
+        for (i, n) in names.enumerated() {
+            var e = env
+            let suffix = "_" + n
+            for (k, v) in env where k.hasSuffix(suffix) && k.count > suffix.count {
+                let base = String(k.dropLast(suffix.count))
+                if options.contains(where: { $0.variable == base }) { e[base] = v }
+            }
+            if env["RESPOOL_PORT" + suffix] == nil, let p = Int(e["RESPOOL_PORT"]?.trimmingSpaces ?? "6380"), p != 0, p + i <= 65535 {
+                e["RESPOOL_PORT"] = String(p + i)
+            }
+            if env["RESPOOL_SOCKET" + suffix] == nil, i > 0, let path = e["RESPOOL_SOCKET"], !path.isEmpty {
+                e["RESPOOL_SOCKET"] = path + "." + n
+            }
+            do {
+                configs.append(try Config(environment: e, hostName: hostName, upstreamVariable: n))
+            } catch {
+                // A bad override is named as it was given.
+                throw env[error.variable + suffix] != nil ? ConfigError(variable: error.variable + suffix, message: error.message) : error
+            }
+        }
+        return configs
+    }
+
+    public init(environment env: [String: String], hostName: String = "respool", upstreamVariable: String? = nil) throws(ConfigError) {
         func value(_ name: String) -> String? {
             guard let v = env[name]?.trimmingSpaces, !v.isEmpty else { return nil }
             return v
@@ -205,7 +254,11 @@ public struct Config: Equatable, Sendable {
             return v
         }
 
-        if let text = value("RESPOOL_URL") {
+        upstreamLabel = upstreamVariable
+        if let n = upstreamVariable {
+            do { upstream = try RedisURL(parsing: value(n) ?? "") } catch { throw ConfigError(variable: n, message: error.message) }
+            upstreamSource = n
+        } else if let text = value("RESPOOL_URL") {
             do { upstream = try RedisURL(parsing: text) } catch { throw ConfigError(variable: "RESPOOL_URL", message: error.message) }
             upstreamSource = "RESPOOL_URL"
         } else if let text = value("REDIS_URL") {

@@ -167,6 +167,35 @@ public enum Metrics {
         return out
     }
 
+    /// Several upstreams' values (each with its label, its variable): each metric's family once, every sample
+    /// labelled `upstream="<variable>"` before its own label.
+    public static func prometheus(labelled groups: [(upstream: String, values: [MetricValues])]) -> String {
+        var out = ""
+        for d in all {
+            let per = groups.compactMap { g in g.values.first { $0.definition.name == d.name }.map { (g.upstream, $0) } }
+            if per.isEmpty { continue }
+            out += "# HELP \(d.name) \(d.help)\n# TYPE \(d.name) \(d.kind.rawValue)\n"
+            for (upstream, v) in per {
+                let u = "upstream=\"\(escapeLabel(upstream))\""
+                if let h = v.histogram {
+                    for (bound, cumulative) in zip(h.bounds, h.cumulativeCounts()) {
+                        out += "\(d.name)_bucket{\(u),le=\"\(String(bound))\"} \(cumulative)\n"
+                    }
+                    out += "\(d.name)_bucket{\(u),le=\"+Inf\"} \(h.count)\n\(d.name)_sum{\(u)} \(h.sum)\n\(d.name)_count{\(u)} \(h.count)\n"
+                    continue
+                }
+                for s in v.samples {
+                    if let label = d.label, let lv = s.label {
+                        out += "\(d.name){\(u),\(label)=\"\(escapeLabel(lv))\"} \(number(s.value))\n"
+                    } else {
+                        out += "\(d.name){\(u)} \(number(s.value))\n"
+                    }
+                }
+            }
+        }
+        return out
+    }
+
     /// The same values as a JSON object: unlabelled metrics as numbers, labelled ones as objects by label value.
     public static func json(_ values: [MetricValues]) -> String {
         var parts: [String] = []

@@ -119,18 +119,18 @@ struct RespoolCommand: ParsableCommand {
         var host = [CChar](repeating: 0, count: 256)
         gethostname(&host, host.count - 1)
         let hostName = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let config: Config
+        let configs: [Config]
         do {
-            config = try Config(environment: environment(), hostName: hostName.isEmpty ? "respool" : hostName)
+            configs = try Config.all(environment: environment(), hostName: hostName.isEmpty ? "respool" : hostName)
         } catch {
             writeStderr("respool: \(error)")
             return 2
         }
-        let level = Logger.Level(rawValue: config.logLevel.rawValue) ?? .info
+        let level = Logger.Level(rawValue: configs[0].logLevel.rawValue) ?? .info
         let logger = Logger(label: "respool") { label in LogfmtHandler(label: label, level: level) }
         do {
-            let proxy = try Proxy(config: config, logger: logger)
-            return try proxy.run(exec: exec.map { ExecSpec(argv: $0, environment: Self.processEnvironment()) })
+            let runtime = try Runtime(configs: configs, logger: logger)
+            return try runtime.run(exec: exec.map { ExecSpec(argv: $0, environment: Self.processEnvironment()) })
         } catch let error as ConfigError {
             // A setting that parsed but cannot be used (a TLS file that does not load): as any bad value, exit 2.
             writeStderr("respool: \(error)")

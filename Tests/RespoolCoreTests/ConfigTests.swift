@@ -90,6 +90,35 @@ final class ConfigTests: XCTestCase {
         XCTAssertThrowsError(try RedisURL(parsing: "h:1"))
     }
 
+    /// RESPOOL_URLS: one configuration per variable, in order, each with consecutive ports (unless RESPOOL_PORT is 0
+    /// or given for it), SETTING_<VARIABLE> overrides, a socket per upstream; errors name the variable as given.
+    func testSeveralUpstreams() throws {
+        let env = ["RESPOOL_URLS": "REDIS_URL, REDIS_CACHE_URL", "REDIS_URL": "redis://:pw@main.example:6379",
+                   "REDIS_CACHE_URL": "rediss://cache.example:6380/2", "RESPOOL_MAX_SERVER_CONNECTIONS": "8",
+                   "RESPOOL_MAX_SERVER_CONNECTIONS_REDIS_CACHE_URL": "3", "RESPOOL_SOCKET": "/tmp/r.sock",
+                   "RESPOOL_URL": "redis://ignored:1"]
+        let all = try Config.all(environment: env)
+        XCTAssertEqual(all.map(\.upstreamLabel), ["REDIS_URL", "REDIS_CACHE_URL"])
+        XCTAssertEqual(all.map(\.upstream.host), ["main.example", "cache.example"])
+        XCTAssertEqual(all.map(\.upstreamSource), ["REDIS_URL", "REDIS_CACHE_URL"])
+        XCTAssertEqual(all.map(\.port), [6380, 6381])
+        XCTAssertEqual(all.map(\.maxServerConnections), [8, 3])
+        XCTAssertEqual(all.map(\.socketPath), ["/tmp/r.sock", "/tmp/r.sock.REDIS_CACHE_URL"])
+        XCTAssertEqual(try Config.all(environment: env.merging(["RESPOOL_PORT": "0"]) { $1 }).map(\.port), [0, 0])
+        XCTAssertEqual(try Config.all(environment: env.merging(["RESPOOL_PORT_REDIS_CACHE_URL": "7000"]) { $1 }).map(\.port), [6380, 7000])
+        XCTAssertNil(try Config.all(environment: ["REDIS_URL": "redis://h:1"]).first?.upstreamLabel, "one upstream: no label")
+        func error(_ e: [String: String]) -> ConfigError? {
+            do { _ = try Config.all(environment: e); return nil } catch { return error }
+        }
+        XCTAssertEqual(error(["RESPOOL_URLS": "REDIS_URL OTHER_URL", "REDIS_URL": "redis://h:1"]),
+                       ConfigError(variable: "OTHER_URL", message: "is named by RESPOOL_URLS but not set"))
+        XCTAssertEqual(error(["RESPOOL_URLS": "A A", "A": "redis://h:1"]), ConfigError(variable: "RESPOOL_URLS", message: "names A twice"))
+        XCTAssertEqual(error(["RESPOOL_URLS": "redis://h:1"])?.variable, "RESPOOL_URLS")
+        XCTAssertEqual(error(env.merging(["RESPOOL_MAX_SERVER_CONNECTIONS_REDIS_CACHE_URL": "zero"]) { $1 })?.variable,
+                       "RESPOOL_MAX_SERVER_CONNECTIONS_REDIS_CACHE_URL", "a bad override is named as given")
+        XCTAssertEqual(error(env.merging(["REDIS_CACHE_URL": "http://x"]) { $1 })?.variable, "REDIS_CACHE_URL")
+    }
+
     /// What `respool exec` puts in the app's URL: a password percent-encoded so that parsing gives it back.
     func testPercentEncodingRoundTrips() throws {
         for pw in ["p@ss word", "a:b/c?d#e%f", "plain-._~", "ünï"] {
