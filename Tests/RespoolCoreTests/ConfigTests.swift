@@ -1,3 +1,4 @@
+import Foundation
 import RESP
 import RespoolCore
 import XCTest
@@ -240,5 +241,17 @@ final class AdvisorTests: XCTestCase {
         healthy.maxMemoryPolicy = "allkeys-lru"
         healthy.connectedClients = 10
         XCTAssertEqual(Advisor.advise(healthy, oomErrorsSinceLastPoll: 0, keysSinceLastPoll: 3), [.keysUsed])
+    }
+}
+
+/// README's configuration table lists every setting of `Config.options` with its flag and default.
+final class ReadmeTableTests: XCTestCase {
+    func testEverySettingIsInTheReadme() throws {
+        var root = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { root.deleteLastPathComponent() }
+        let readme = try String(contentsOf: root.appendingPathComponent("README.md"), encoding: .utf8)
+        for o in Config.options {
+            XCTAssertTrue(readme.contains("| `\(o.variable)` | `--\(o.flag)` | \(o.defaultText) |"), "README lacks the row of \(o.variable)")
+        }
     }
 }
