@@ -54,10 +54,12 @@ final class Periodic {
     func advisorPolled(_ figures: ServerFigures) {
         let stats = proxy.stats
         serverFigures = figures
+        // Only KEYS that reached the server blocked it (not those denied or answered by SCAN steps).
+        let keysForwarded = stats[.keysSeen] - stats[.keysDenied] - stats[.keysScanned]
         advice = Advisor.advise(figures, oomErrorsSinceLastPoll: stats[.oomErrors] - oomAtLastPoll,
-                                keysSinceLastPoll: stats[.keysSeen] - keysAtLastPoll)
+                                keysSinceLastPoll: keysForwarded - keysAtLastPoll)
         oomAtLastPoll = stats[.oomErrors]
-        keysAtLastPoll = stats[.keysSeen]
+        keysAtLastPoll = keysForwarded
         let now = proxy.base.now()
         for a in advice where now - (adviceWarnedAt[a] ?? -1_000_000) >= 600 {
             adviceWarnedAt[a] = now
