@@ -96,6 +96,15 @@ final class ExecTests: IntegrationTestCase {
                           && !withPassword.stdout.split(separator: "\n").contains { $0.contains("msg=") && $0.contains("s3cret") },
                           "respool's log masks it: \(withPassword.stdout)")
 
+            let dir = try makeTempDir("exec-socket")
+            defer { removeTree(dir) }
+            var socketEnv = respoolEnv(upstreamURL: redis.url)
+            socketEnv["RESPOOL_SOCKET"] = "\(dir)/respool.sock"
+            let socket = try Respool.runToExit(env: socketEnv, arguments: ["exec", "--", "/bin/sh", "-c",
+                                                                          "\(redisCLI) -s \"${REDIS_URL#unix://}\" PING; echo \"app: url=$REDIS_URL\""], timeout: 20)
+            XCTAssertEqual(socket.status, .exited(0), socket.stdout + socket.stderr)
+            XCTAssertTrue(socket.stdout.contains("\nPONG\napp: url=unix://\(dir)/respool.sock\n"), "the app reached respool on its socket: \(socket.stdout)")
+
             let usage = try Respool.runToExit(env: respoolEnv(upstreamURL: redis.url), arguments: ["exec", "/bin/true"])
             XCTAssertEqual(usage.status, .exited(2))
             XCTAssertEqual(usage.stderr, "respool: usage: respool exec [--flag value ...] -- COMMAND [ARGS...]\n")

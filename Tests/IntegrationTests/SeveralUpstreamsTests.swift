@@ -103,4 +103,25 @@ final class SeveralUpstreamsTests: IntegrationTestCase {
             }
         }
     }
+
+    /// A variable RESPOOL_URLS names that is missing or malformed stops start-up with one line naming it, exit 2.
+    func testMissingOrMalformedUpstreamVariable() throws {
+        try requireRealRespool()
+        var env = respoolEnv(upstreamURL: "")
+        env.removeValue(forKey: "RESPOOL_URL")
+        env["RESPOOL_URLS"] = "REDIS_URL REDIS_CACHE_URL"
+        env["REDIS_URL"] = "redis://127.0.0.1:1"
+        let missing = try Respool.runToExit(env: env, arguments: ["exec", "--", "/bin/true"])
+        XCTAssertEqual(missing.status, .exited(2))
+        XCTAssertEqual(missing.stderr, "respool: REDIS_CACHE_URL: is named by RESPOOL_URLS but not set\n")
+        env["REDIS_CACHE_URL"] = "http://cache:1"
+        let malformed = try Respool.runToExit(env: env)
+        XCTAssertEqual(malformed.status, .exited(2))
+        XCTAssertTrue(malformed.stderr.hasPrefix("respool: REDIS_CACHE_URL: scheme must be redis:// or rediss://"), malformed.stderr)
+        env["REDIS_CACHE_URL"] = "redis://127.0.0.1:2"
+        env["RESPOOL_MAX_SERVER_CONNECTIONS_REDIS_CACHE_URL"] = "none"
+        let override = try Respool.runToExit(env: env)
+        XCTAssertEqual(override.status, .exited(2))
+        XCTAssertTrue(override.stderr.hasPrefix("respool: RESPOOL_MAX_SERVER_CONNECTIONS_REDIS_CACHE_URL: must be an integer"), override.stderr)
+    }
 }
