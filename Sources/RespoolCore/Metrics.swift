@@ -145,51 +145,40 @@ public enum Metrics {
 
     /// Prometheus text exposition format 0.0.4.
     public static func prometheus(_ values: [MetricValues]) -> String {
-        var out = ""
-        for v in values {
-            let d = v.definition
-            out += "# HELP \(d.name) \(d.help)\n# TYPE \(d.name) \(d.kind.rawValue)\n"
-            if let h = v.histogram {
-                for (bound, cumulative) in zip(h.bounds, h.cumulativeCounts()) {
-                    out += "\(d.name)_bucket{le=\"\(String(bound))\"} \(cumulative)\n"
-                }
-                out += "\(d.name)_bucket{le=\"+Inf\"} \(h.count)\n\(d.name)_sum \(h.sum)\n\(d.name)_count \(h.count)\n"
-                continue
-            }
-            for s in v.samples {
-                if let label = d.label, let lv = s.label {
-                    out += "\(d.name){\(label)=\"\(escapeLabel(lv))\"} \(number(s.value))\n"
-                } else {
-                    out += "\(d.name) \(number(s.value))\n"
-                }
-            }
-        }
-        return out
+        prometheus(groups: [(nil, values)])
     }
 
     /// Several upstreams' values (each with its label, its variable): each metric's family once, every sample
     /// labelled `upstream="<variable>"` before its own label.
     public static func prometheus(labelled groups: [(upstream: String, values: [MetricValues])]) -> String {
+        prometheus(groups: groups.map { ($0.upstream, $0.values) })
+    }
+
+    private static func prometheus(groups: [(upstream: String?, values: [MetricValues])]) -> String {
+        var order: [MetricDefinition] = []
+        var seen: Set<String> = []
+        for g in groups { for v in g.values where seen.insert(v.definition.name).inserted { order.append(v.definition) } }
         var out = ""
-        for d in all {
-            let per = groups.compactMap { g in g.values.first { $0.definition.name == d.name }.map { (g.upstream, $0) } }
-            if per.isEmpty { continue }
+        for d in order {
             out += "# HELP \(d.name) \(d.help)\n# TYPE \(d.name) \(d.kind.rawValue)\n"
-            for (upstream, v) in per {
-                let u = "upstream=\"\(escapeLabel(upstream))\""
+            for g in groups {
+                guard let v = g.values.first(where: { $0.definition.name == d.name }) else { continue }
+                let upstream = g.upstream.map { "upstream=\"\(escapeLabel($0))\"" }
+                func labels(_ own: String?) -> String {
+                    let all = [upstream, own].compactMap { $0 }
+                    return all.isEmpty ? "" : "{" + all.joined(separator: ",") + "}"
+                }
                 if let h = v.histogram {
                     for (bound, cumulative) in zip(h.bounds, h.cumulativeCounts()) {
-                        out += "\(d.name)_bucket{\(u),le=\"\(String(bound))\"} \(cumulative)\n"
+                        out += "\(d.name)_bucket\(labels("le=\"\(String(bound))\"")) \(cumulative)\n"
                     }
-                    out += "\(d.name)_bucket{\(u),le=\"+Inf\"} \(h.count)\n\(d.name)_sum{\(u)} \(h.sum)\n\(d.name)_count{\(u)} \(h.count)\n"
+                    out += "\(d.name)_bucket\(labels("le=\"+Inf\"")) \(h.count)\n\(d.name)_sum\(labels(nil)) \(h.sum)\n"
+                        + "\(d.name)_count\(labels(nil)) \(h.count)\n"
                     continue
                 }
                 for s in v.samples {
-                    if let label = d.label, let lv = s.label {
-                        out += "\(d.name){\(u),\(label)=\"\(escapeLabel(lv))\"} \(number(s.value))\n"
-                    } else {
-                        out += "\(d.name){\(u)} \(number(s.value))\n"
-                    }
+                    let own = d.label.flatMap { label in s.label.map { "\(label)=\"\(escapeLabel($0))\"" } }
+                    out += "\(d.name)\(labels(own)) \(number(s.value))\n"
                 }
             }
         }
