@@ -31,6 +31,12 @@ public final class Proxy: AcceptHandler {
     let scratch: UnsafeMutableRawPointer
     let scratchSize = 256 << 10
     private var nextClientId = 1
+    /// The clients accepted at most: RESPOOL_MAX_CLIENTS, or fewer when the open-files limit cannot hold that many
+    /// (Runtime.fitDescriptors).
+    var maxClients: Int
+    /// Rejections at max clients and accept failures are logged at most once a second, with a count.
+    private var rejectedLog = EverySecond()
+    private var acceptFailedLog = EverySecond()
     /// Shutdown is over: every client closed, every connection closed (or the shutdown timeout passed).
     private(set) var finished = false
     private(set) var shuttingDown = false
@@ -70,6 +76,7 @@ public final class Proxy: AcceptHandler {
     /// `pool=<its variable>`.
     init(config: Config, logger: Logger, base: EventBase) throws {
         self.config = config
+        maxClients = config.maxClients
         var logger = logger
         if let label = config.upstreamLabel { logger[metadataKey: "pool"] = "\(label)" }
         self.logger = logger
@@ -135,7 +142,7 @@ public final class Proxy: AcceptHandler {
         }
         meta["max_server_connections"] = "\(config.maxServerConnections)"
         meta["cap_from"] = "\(config.capSource)"
-        meta["max_clients"] = "\(config.maxClients)"
+        meta["max_clients"] = "\(maxClients)"
         meta["name"] = "\(config.namePrefix)"
         meta["client_auth"] = "\(config.clientPassword == nil ? "off" : "required")"
         meta["backend"] = "\(base.backendName)"
@@ -236,11 +243,13 @@ public final class Proxy: AcceptHandler {
             Socket.close(fd)
             return
         }
-        if openClients >= config.maxClients {
+        if openClients >= maxClients {
             stats[.clientsRejected] &+= 1
             Socket.writeBestEffort(fd, "-ERR max number of clients reached\r\n")
             Socket.close(fd)
-            logger.warning("client rejected", metadata: ["reason": "max_clients", "max_clients": "\(config.maxClients)"])
+            if let n = rejectedLog.due(now: base.now()) {
+                logger.warning("client rejected", metadata: ["reason": "max_clients", "max_clients": "\(maxClients)", "rejected": "\(n)"])
+            }
             return
         }
         if !isUnix {
@@ -263,7 +272,9 @@ public final class Proxy: AcceptHandler {
     }
 
     public override func acceptFailed(_ error: SystemError) {
-        logger.error("accept failed", metadata: ["error": "\(error)"])
+        if let n = acceptFailedLog.due(now: base.now()) {
+            logger.error("accept failed", metadata: ["error": "\(error)", "failures": "\(n)"])
+        }
         // Out of descriptors: stop accepting briefly instead of spinning; one timer, made at start-up, resumes.
         for l in listeners { l.pause() }
         acceptResume?.1.schedule(after: 0.1)
@@ -342,4 +353,18 @@ final class OneShot: EventHandler {
         super.init()
     }
     override func handleEvent(_ what: Int16, tag: Int) { body() }
+}
+
+/// A line logged at most once a second: `due` counts the events and answers how many there were since the last line
+/// when one is due now (nil otherwise).
+struct EverySecond {
+    private var loggedAt = -Double.infinity
+    private var count = 0
+    mutating func due(now: Double) -> Int? {
+        count += 1
+        guard now - loggedAt >= 1 else { return nil }
+        loggedAt = now
+        defer { count = 0 }
+        return count
+    }
 }

@@ -38,6 +38,7 @@ public final class Runtime {
     public func run(exec: ExecSpec? = nil) throws(SystemError) -> Int32 {
         tuneMalloc()
         ignoreSIGPIPE()
+        fitDescriptors()
         var statsAddress: String?
         if config.statsPort >= 0 {
             let endpoint = StatsEndpoint(runtime: self)
@@ -87,6 +88,33 @@ public final class Runtime {
         }
         logger.info("respool stopped", metadata: ["exit_code": "\(exitCode)"])
         return exitCode
+    }
+
+    /// Descriptors respool needs beside its clients and upstream connections: standard streams, the loop's epoll and
+    /// signal pipe, listeners, the stats endpoint and its clients, a control connection (redis-server reserves 32 too).
+    static let reservedDescriptors = 32
+
+    /// As redis-server does: raise the soft open-files limit toward the hard one so that every upstream's max clients,
+    /// its cap and respool's own descriptors fit; if they cannot, lower the max clients (in proportion across
+    /// upstreams) and say so once. A client past it then gets "max number of clients reached" at once instead of
+    /// waiting in the backlog for a descriptor.
+    private func fitDescriptors() {
+        let wanted = proxies.reduce(Self.reservedDescriptors) { $0 + $1.config.maxClients + $1.config.maxServerConnections }
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+        if limit.rlim_cur < rlim_t(wanted) {
+            var raised = limit
+            raised.rlim_cur = min(limit.rlim_max, rlim_t(wanted))   // (RLIM_INFINITY is the largest value)
+            if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+        }
+        let available = Int(min(limit.rlim_cur, rlim_t(Int32.max)))
+        guard available < wanted else { return }
+        let clientsWanted = proxies.reduce(0) { $0 + $1.config.maxClients }
+        let room = max(proxies.count, available - Self.reservedDescriptors - proxies.reduce(0) { $0 + $1.config.maxServerConnections })
+        for p in proxies { p.maxClients = max(1, room * p.config.maxClients / clientsWanted) }
+        logger.warning("the open-files limit cannot hold RESPOOL_MAX_CLIENTS: max clients lowered to fit (raise ulimit -n, or LimitNOFILE, to at least the wanted limit)",
+                       metadata: ["open_files_limit": "\(available)", "wanted": "\(wanted)",
+                                  "max_clients": "\(proxies.map { String($0.maxClients) }.joined(separator: ","))"])
     }
 
     /// The app of `respool exec` exited: respool drains and exits with its code.

@@ -151,7 +151,7 @@ final class StatsEndpoint: HTTPHandler {
         config.append("\"listen\":\(Metrics.jsonString(proxy.listenDescription))")
         config.append("\"max_server_connections\":\(c.maxServerConnections)")
         config.append("\"cap_from\":\(Metrics.jsonString(c.capSource))")
-        config.append("\"max_clients\":\(c.maxClients)")
+        config.append("\"max_clients\":\(proxy.maxClients)")
         config.append("\"name\":\(Metrics.jsonString(c.namePrefix))")
         config.append("\"client_auth\":\(c.clientPassword == nil ? "false" : "true")")
         config.append("\"keys\":\(Metrics.jsonString(c.keysMode.rawValue))")

@@ -166,7 +166,7 @@ public struct Config: Equatable, Sendable {
         .init(variable: "RESPOOL_ADVISOR_INTERVAL", flag: "advisor-interval", defaultText: "60",
               help: "Seconds between INFO polls of the Redis health advisor (memory, eviction policy, clients); 0 = off."),
         .init(variable: "RESPOOL_MAX_CLIENTS", flag: "max-clients", defaultText: "10000",
-              help: "Client connections accepted; past it a client gets -ERR max number of clients reached."),
+              help: "Client connections accepted; past it a client gets -ERR max number of clients reached and is closed. At start-up respool raises its soft open-files limit toward the hard one to fit this, the upstream cap and 32 of its own; when they cannot fit, it lowers this to what does and logs one warning."),
         .init(variable: "RESPOOL_NAME", flag: "name", defaultText: "$DYNO, else the host name",
               help: "Prefix of the CLIENT SETNAME given to upstream connections (<name>:pool)."),
         .init(variable: "RESPOOL_LOG_LEVEL", flag: "log-level", defaultText: "info",

@@ -197,28 +197,62 @@ final class NeverSilentTests: IntegrationTestCase {
 
     // MARK: 7. accept failures
 
-    /// Out of descriptors (ulimit -n 48), accepting fails again and again; each failure once left a timer behind.
-    /// Once the clients are gone, the event loop holds as many events as before.
-    func testAcceptFailuresLeaveNothingBehind() throws {
+    /// Descriptor exhaustion (`ulimit -n 64`, which respool cannot raise, and 120 clients at once): respool lowers
+    /// its max clients to what fits (64 - 32 reserved - the cap of 2 = 30) and says so once; every client gets PONG
+    /// or `-ERR max number of clients reached` and is closed, none is left hanging in the backlog; rejections are
+    /// logged at most once a second; once they are gone the loop's events are back to the baseline.
+    func testDescriptorLimitLowersMaxClientsAndNoClientHangs() throws {
         try requireRealRespool()
         try withRedis { redis in
-            try withRespool(upstream: redis, env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "2"], fileLimit: 48) { respool in
+            try withRespool(upstream: redis, env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "2"], fileLimit: 64) { respool in
+                XCTAssertTrue(respool.stdoutText.contains("max clients lowered to fit"), respool.stdoutText)
+                XCTAssertEqual(logfmtValue(respool.startedLine, key: "max_clients"), "30", respool.startedLine)
                 let ping = try respool.client()
                 assertReply(try ping.command("PING"), Reply.pong)
                 let baseline = try respool.metric("respool_event_loop_events")
-                var clients: [TestClient] = []
-                for _ in 0..<80 { clients.append(try TestClient(respool.endpoint, timeout: 10)) }
-                XCTAssertTrue(waitUntil { respool.stdoutText.components(separatedBy: "msg=\"accept failed\"").count > 3 },
-                              "accept failed several times:\n\(respool.stdoutText.suffix(2000))")
+                let clients = try (0..<120).map { _ in try TestClient(respool.endpoint, timeout: 10) }
+                for c in clients { try c.sendCommand(["PING"]) }
+                var pong = 0, rejected = 0
+                for (k, c) in clients.enumerated() {
+                    let r = try c.readValue(timeout: 10)
+                    if r == Reply.pong {
+                        pong += 1
+                    } else if r.errorText == "ERR max number of clients reached" {
+                        rejected += 1
+                        if case .closed = c.waitForClose(timeout: 10) {} else { XCTFail("client \(k) is closed after the error") }
+                    } else {
+                        XCTFail("client \(k): \(show(r))")
+                    }
+                }
+                XCTAssertEqual(pong, 29, "max clients (30) minus the first")
+                XCTAssertEqual(rejected, 91)
+                XCTAssertEqual(try respool.metric("respool_clients_rejected_total"), 91)
+                let lines = respool.stdoutText.components(separatedBy: "msg=\"client rejected\"").count - 1
+                XCTAssertTrue(lines >= 1 && lines <= 20, "rejections logged at most once a second: \(lines) lines")
+                XCTAssertEqual(respool.stdoutText.components(separatedBy: "max clients lowered to fit").count - 1, 1, "said once")
                 for c in clients { c.close() }
-                // Every connection of the backlog is accepted once descriptors are free again, then seen closed (the
-                // stats endpoint itself needs a descriptor: it is asked only now).
-                XCTAssertTrue(waitUntil(timeout: 20) {
-                    (try? respool.metric("respool_clients_accepted_total")) == 81 && (try? respool.metric("respool_clients")) == 1
-                }, "all 81 clients accepted and all but one gone: \(String(describing: try? respool.metrics()))")
+                XCTAssertTrue(waitUntil(timeout: 20) { (try? respool.metric("respool_clients")) == 1 })
                 assertReply(try ping.command("PING"), Reply.pong)
                 XCTAssertEqual(try respool.metric("respool_event_loop_events"), baseline, "events allocated by the loop, back to the baseline")
             }
+        }
+    }
+
+    /// A soft open-files limit below what RESPOOL_MAX_CLIENTS needs, with a hard limit above it: respool raises the
+    /// soft limit (100 clients + cap 2 + 32 reserved = 134) and keeps its max clients, without a warning.
+    func testSoftDescriptorLimitIsRaised() throws {
+        try requireRealRespool()
+        try withRedis { redis in
+            var env = respoolEnv(upstreamURL: redis.url)
+            env["RESPOOL_MAX_CLIENTS"] = "100"
+            env["RESPOOL_MAX_SERVER_CONNECTIONS"] = "2"
+            let respool = try Respool.launch(env: env, softFileLimit: 64)
+            defer { respool.terminate() }
+            XCTAssertEqual(logfmtValue(respool.startedLine, key: "max_clients"), "100", respool.startedLine)
+            XCTAssertFalse(respool.stdoutText.contains("max clients lowered"), respool.stdoutText)
+            let limits = try String(contentsOfFile: "/proc/\(respool.process!.pid)/limits", encoding: .utf8)
+            let line = limits.split(separator: "\n").first { $0.hasPrefix("Max open files") } ?? ""
+            XCTAssertEqual(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst(3).first, "134", String(line))
         }
     }
 

@@ -54,15 +54,17 @@ final class Respool: @unchecked Sendable {
 
     /// Spawns the binary without waiting for anything. `fileLimit` runs it under `ulimit -n` (through /bin/sh, which
     /// execs it: the pid is respool's).
-    static func spawn(env: [String: String], arguments: [String] = [], fileLimit: Int? = nil) throws -> Respool {
+    static func spawn(env: [String: String], arguments: [String] = [], fileLimit: Int? = nil, softFileLimit: Int? = nil) throws -> Respool {
         var environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
         for (k, v) in env { environment[k] = v }
         let out = try makePipe()
         let err = try makePipe()
         let child: ChildProcess
         do {
-            if let fileLimit {
-                child = try ChildProcess.spawn(path: "/bin/sh", arguments: ["-c", "ulimit -n \(fileLimit) && exec \"$0\" \"$@\"", binary] + arguments,
+            if fileLimit != nil || softFileLimit != nil {
+                // `ulimit -n` sets the hard limit too (respool cannot raise it); `-S` only the soft one.
+                let limit = fileLimit.map { "ulimit -n \($0)" } ?? "ulimit -S -n \(softFileLimit!)"
+                child = try ChildProcess.spawn(path: "/bin/sh", arguments: ["-c", "\(limit) && exec \"$0\" \"$@\"", binary] + arguments,
                                                environment: environment, stdoutFD: out.write, stderrFD: err.write)
             } else {
                 child = try ChildProcess.spawn(path: binary, arguments: arguments, environment: environment,
@@ -80,8 +82,9 @@ final class Respool: @unchecked Sendable {
     }
 
     /// Spawns and waits for the started line; on timeout or early exit, kills it and throws with the output.
-    static func launch(env: [String: String], arguments: [String] = [], fileLimit: Int? = nil, startTimeout: Double = 15) throws -> Respool {
-        let r = try spawn(env: env, arguments: arguments, fileLimit: fileLimit)
+    static func launch(env: [String: String], arguments: [String] = [], fileLimit: Int? = nil, softFileLimit: Int? = nil,
+                       startTimeout: Double = 15) throws -> Respool {
+        let r = try spawn(env: env, arguments: arguments, fileLimit: fileLimit, softFileLimit: softFileLimit)
         let line = r.stdout!.waitForLine(timeout: startTimeout, stop: { !r.isRunning }) {
             $0.contains("msg=\"respool started\"")
         }
