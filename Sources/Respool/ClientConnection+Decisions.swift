@@ -18,7 +18,7 @@ extension ClientConnection {
                 if r.route == .admin, CommandTable.changesCredentials(r.args) { proxy.credentials.forgetVerdicts() }
                 if r.route == .local(.client), let translated = translatedClientCommand(r) {
                     translated.withUnsafeBytes { send($0, silent: silent) }
-                } else if r.route == .pubsubCount, !silent, proxy.hasSubscriberConnections, let kind = PubSubCount(r.args) {
+                } else if let kind = rewrite(r, silent: silent) {
                     Pool.connection(session.upstream!)._withUnsafeGuaranteedRef {
                         $0.out.append(frame.baseAddress!, count: frame.count)
                         $0.markDirty()
@@ -89,6 +89,15 @@ extension ClientConnection {
                 return false
             }
         }
+    }
+
+    /// How the reply of a forwarded request is to be changed (slow-path routes only): pub/sub counts corrected to
+    /// respool's clients, CONFIG GET's secrets masked (RESPOOL_MASK_SECRETS).
+    private func rewrite(_ r: Request, silent: Bool) -> ReplyRewrite? {
+        guard !silent else { return nil }
+        if r.route == .pubsubCount, proxy.hasSubscriberConnections, let kind = PubSubCount(r.args) { return .counts(kind) }
+        if r.route == .admin, proxy.config.maskSecrets, SecretMask.applies(r.args) { return .secrets }
+        return nil
     }
 
     /// CLIENT UNBLOCK and CLIENT TRACKING ... REDIRECT name respool's client ids; the server knows its own. Returns the

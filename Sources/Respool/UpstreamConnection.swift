@@ -167,10 +167,10 @@ final class UpstreamConnection: Connection {
         return [Array("AUTH".utf8), Array((c.user ?? "default").utf8), Array((c.password ?? "respool").utf8)]
     }
 
-    /// Kinds of the `.counted` entries in the FIFO, oldest first.
-    var countKinds: [PubSubCount] = []
+    /// How the replies of the `.counted` entries in the FIFO are rewritten, oldest first.
+    var countKinds: [ReplyRewrite] = []
 
-    func enqueueCounted(client: ClientConnection, _ kind: PubSubCount) {
+    func enqueueCounted(client: ClientConnection, _ kind: ReplyRewrite) {
         countKinds.append(kind)
         push(.counted(Unmanaged.passUnretained(client)))
     }
@@ -441,7 +441,12 @@ final class UpstreamConnection: Connection {
                     let isError = framer.kind == UInt8(ascii: "-")
                     proxy.stats[isError ? .errorReplies : .okReplies] &+= 1
                     let raw = frameBytes(fs, end)
-                    let bytes = isError ? raw : kind.corrected(raw, proto: proto) { self.proxy.subscriberCorrection($0, $1) }
+                    let bytes: [UInt8]
+                    switch kind {
+                    case _ where isError: bytes = raw
+                    case .counts(let count): bytes = count.corrected(raw, proto: proto) { self.proxy.subscriberCorrection($0, $1) }
+                    case .secrets: bytes = SecretMask.masked(raw, proto: proto)
+                    }
                     client._withUnsafeGuaranteedRef { c in
                         if !c.isClosed && !c.doomed {
                             c.out.append(bytes)

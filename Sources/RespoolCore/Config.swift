@@ -102,6 +102,8 @@ public struct Config: Equatable, Sendable {
     public var keysMode: KeysMode
     /// RESPOOL_PINNING=allow (MONITOR and CLIENT TRACKING pin a connection) or deny (they are refused).
     public var pinning: Bool
+    /// CONFIG GET replies with the upstream's secrets (requirepass, masterauth, TLS key passphrases) masked.
+    public var maskSecrets: Bool
     /// Used when the upstream URL is rediss://.
     public var tls: TLSSettings
 
@@ -181,6 +183,8 @@ public struct Config: Equatable, Sendable {
               help: "KEYS guard: allow; warn (log a rate-limited line, count it); deny (error suggesting SCAN); scan (answer KEYS by an incremental SCAN, so the server never blocks)."),
         .init(variable: "RESPOOL_PINNING", flag: "pinning", defaultText: "allow",
               help: "allow: a client that sends a command tying server state to its connection (MONITOR, CLIENT TRACKING) gets an upstream connection of its own while that state lasts, counted like a lease; deny: such commands get an error."),
+        .init(variable: "RESPOOL_MASK_SECRETS", flag: "mask-secrets", defaultText: "on",
+              help: "on: CONFIG GET replies carrying the upstream's secrets (requirepass, masterauth, tls-key-file-pass, tls-client-key-file-pass) show \"(masked by respool)\" instead of a non-empty value, so an app that knows only respool's address or RESPOOL_CLIENT_PASSWORD cannot read the server's password; off: passed as they are."),
         .init(variable: "RESPOOL_DATABASES", flag: "databases", defaultText: "16",
               help: "Number of databases of the server (its `databases` setting): SELECT accepts 0 to this minus 1."),
         .init(variable: "RESPOOL_MAX_BULK_LENGTH", flag: "max-bulk-length", defaultText: "536870912",
@@ -363,6 +367,15 @@ public struct Config: Equatable, Sendable {
             }
         } else {
             pinning = true
+        }
+        if let text = value("RESPOOL_MASK_SECRETS") {
+            switch text.lowercased() {
+            case "on", "yes", "true", "1": maskSecrets = true
+            case "off", "no", "false", "0": maskSecrets = false
+            default: throw ConfigError(variable: "RESPOOL_MASK_SECRETS", message: "must be on or off, got \"\(text.prefix(40))\"")
+            }
+        } else {
+            maskSecrets = true
         }
         tls = TLSSettings()
         let tlsVariables = ["RESPOOL_TLS_VERIFY", "RESPOOL_TLS_CA_FILE", "RESPOOL_TLS_CERT_FILE", "RESPOOL_TLS_KEY_FILE", "RESPOOL_TLS_SERVER_NAME"]

@@ -129,4 +129,34 @@ final class AuthTests: IntegrationTestCase {
             }
         }
     }
+
+    /// An app that knows only respool's client password cannot read the upstream's password through respool: CONFIG
+    /// GET of requirepass (directly, by a pattern, by "*", in RESP2 and RESP3) shows "(masked by respool)"; other
+    /// parameters are the server's reply byte for byte; RESPOOL_MASK_SECRETS=off passes the value.
+    func testConfigGetMasksTheUpstreamsSecrets() throws {
+        try requireRealRespool()
+        let upstream = "upstream-pw-\(getpid())"
+        try withRedisAndRespool(password: upstream, env: ["RESPOOL_CLIENT_PASSWORD": "client-pw"]) { redis, respool in
+            let c = try respool.client()
+            assertReply(try c.command("AUTH", "client-pw"), Reply.ok)
+            assertReply(try c.command("CONFIG", "GET", "requirepass"), Reply.bulks(["requirepass", "(masked by respool)"]))
+            for pattern in ["*", "*pass*", "REQUIREPASS"] {
+                let v = try c.command("CONFIG", "GET", pattern)
+                XCTAssertFalse(show(v).contains(upstream), "CONFIG GET \(pattern) leaks the upstream password")
+                XCTAssertTrue(show(v).contains("(masked by respool)"), "CONFIG GET \(pattern): \(show(v).prefix(200))")
+            }
+            let direct = try redis.client()
+            for d in [direct, c] { try d.sendCommand(["CONFIG", "GET", "maxmemory*"]) }
+            XCTAssertEqual(try c.readRawReply(timeout: 10), try direct.readRawReply(timeout: 10), "other parameters untouched")
+            guard case .map = try c.command("HELLO", "3") else { return XCTFail("HELLO 3") }
+            try c.sendCommand(["CONFIG", "GET", "requirepass"])
+            XCTAssertEqual(String(decoding: try c.readRawReply(timeout: 10), as: UTF8.self),
+                           "%1\r\n$11\r\nrequirepass\r\n$19\r\n(masked by respool)\r\n")
+        }
+        try withRedisAndRespool(password: upstream, env: ["RESPOOL_CLIENT_PASSWORD": "client-pw", "RESPOOL_MASK_SECRETS": "off"]) { _, respool in
+            let c = try respool.client()
+            assertReply(try c.command("AUTH", "client-pw"), Reply.ok)
+            assertReply(try c.command("CONFIG", "GET", "requirepass"), Reply.bulks(["requirepass", upstream]), "off: as the server answers")
+        }
+    }
 }
