@@ -114,6 +114,7 @@ public final class Proxy: AcceptHandler {
     deinit {
         scratch.deallocate()
         stats.deallocate()
+        dirty.deallocate()
     }
 
     /// Listens and connects the first upstream connection; logs the start-up line (with the stats endpoint's
