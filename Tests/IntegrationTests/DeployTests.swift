@@ -16,7 +16,7 @@ let repositoryRoot: String = {
 func runTool(_ path: String, _ arguments: [String], environment: [String: String] = [:], timeout: Double = 120) throws
     -> (status: ExitStatus?, stdout: String, stderr: String) {
     var env = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin", "HOME": NSTemporaryDirectory()]
-    for k in ["ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS"] { env[k] = ProcessInfo.processInfo.environment[k] }
+    for k in ["ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS"] { env[k] = ProcessInfo.processInfo.environment[k] }
     for (k, v) in environment { env[k] = v }
     let out = try makePipe(), err = try makePipe()
     let child = try ChildProcess.spawn(path: path, arguments: arguments, environment: env, stdoutFD: out.write, stderrFD: err.write)

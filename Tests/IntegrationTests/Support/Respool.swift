@@ -57,7 +57,7 @@ final class Respool: @unchecked Sendable {
     static func spawn(env: [String: String], arguments: [String] = [], fileLimit: Int? = nil, softFileLimit: Int? = nil) throws -> Respool {
         var environment = ["PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
         // A sanitizer pass (scripts/test-asan) configures the respool it builds through these.
-        for k in ["ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS"] { environment[k] = ProcessInfo.processInfo.environment[k] }
+        for k in ["ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS"] { environment[k] = ProcessInfo.processInfo.environment[k] }
         for (k, v) in env { environment[k] = v }
         let out = try makePipe()
         let err = try makePipe()
