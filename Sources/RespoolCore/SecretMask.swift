@@ -15,7 +15,7 @@ public enum SecretMask {
         guard args.count >= 3, SmallBytes(lowercasing: args[0]) == SmallBytes("config"),
               SmallBytes(lowercasing: args[1]) == SmallBytes("get") else { return false }
         return args.dropFirst(2).contains { pattern in
-            let p = pattern.map { $0 >= 65 && $0 <= 90 ? $0 + 32 : $0 }
+            let p = lowercased(pattern)
             return parameters.contains { Glob.match(p, $0) }
         }
     }
@@ -38,8 +38,7 @@ public enum SecretMask {
         while i < items.count {
             guard case .bulkString(let name?) = items[i], case .bulkString(let value?) = items[i + 1] else { return reply }
             w.bulk(name)
-            let lower = name.map { $0 >= 65 && $0 <= 90 ? $0 + 32 : $0 }
-            if !value.isEmpty && parameters.contains(lower) {
+            if !value.isEmpty && parameters.contains(lowercased(name)) {
                 w.bulk(maskedValue)
                 changed = true
             } else {
@@ -48,6 +47,11 @@ public enum SecretMask {
             i += 2
         }
         return changed ? w.bytes : reply
+    }
+
+    /// ASCII lowercase (parameter names and CONFIG GET patterns match case-insensitively).
+    private static func lowercased(_ bytes: [UInt8]) -> [UInt8] {
+        bytes.map { $0 >= 65 && $0 <= 90 ? $0 + 32 : $0 }
     }
 }
 
