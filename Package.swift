@@ -44,7 +44,9 @@ let package = Package(
         ),
         // What the test targets share (a seeded generator).
         .target(name: "TestKit", path: "Tests/TestKit", swiftSettings: common),
-        .testTarget(name: "RESPTests", dependencies: ["RESP", "TestKit"], swiftSettings: common),
+        // The fuzz oracle (reference decoders and checks): scripts/fuzz's libFuzzer build and RESPTests' corpus replay.
+        .target(name: "FuzzOracle", dependencies: ["RESP"], path: "Tests/FuzzOracle", swiftSettings: common),
+        .testTarget(name: "RESPTests", dependencies: ["RESP", "TestKit", "FuzzOracle"], swiftSettings: common),
         .testTarget(name: "RespoolCoreTests", dependencies: ["RespoolCore", "RESP", "TestKit"], swiftSettings: common),
         .testTarget(name: "IntegrationTests", dependencies: ["RESP", "respool", "TestKit"], swiftSettings: common),
     ]

@@ -126,7 +126,9 @@ struct IntegerScanner: Sendable {
         } else {
             let (m, o1) = magnitude.multipliedReportingOverflow(by: 10)
             let (a, o2) = m.addingReportingOverflow(UInt64(digit))
-            if o1 || o2 { invalid = true } else { magnitude = a }
+            // Out of Int64's range: no further byte can make it valid, so say so now (a reply's count line is
+            // judged byte by byte).
+            if o1 || o2 || a > UInt64(Int64.max) &+ (negative ? 1 : 0) { invalid = true } else { magnitude = a }
         }
     }
 
