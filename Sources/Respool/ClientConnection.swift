@@ -124,7 +124,8 @@ final class ClientConnection: Connection {
                     if prefix > 0 { partial.removeAll() }
                     continue
                 }
-                if session.fastPath, !head.isInline, CommandTable.route(head.name) == .forward {
+                if session.fastPath, !head.isInline, CommandTable.route(head.name) == .forward,
+                   proxy.sessionContext.deny.isEmpty || proxy.sessionContext.deny.denied(name: head.name, arg1: head.arg1) == nil {
                     var pinned = session.upstream
                     if pinned == nil {
                         switch proxy.pool.acquire(client: id, proto: session.proto, db: session.db, user: session.user) {

@@ -95,15 +95,19 @@ final class StatsEndpoint: HTTPHandler {
         var gauges: [String: MetricValues] = [:]
         func gauge(_ def: MetricDefinition, _ v: Double) { gauges[def.name] = MetricValues(def, v) }
         gauge(Metrics.clients, d(proxy.clientCount))
-        let pinned = pool.pinnedCount
-        let control = pool.state.connections.reduce(0) { $0 + ($1.role == .control && $1.phase == .ready ? 1 : 0) }
+        // Each connection in exactly one state, so the states add up to the connections open (at most the cap).
+        var byState = (shared: 0, leased: 0, pinned: 0, pubsub: 0, control: 0, connecting: 0)
+        for u in ups {
+            if u.state != .ready { byState.connecting += 1 }
+            else if u.hub != nil { byState.pubsub += 1 }
+            else if pool.state.connection(u.handle)?.role == .control { byState.control += 1 }
+            else if u.leased && u.leasedTo?._withUnsafeGuaranteedRef({ $0.session.isPinned }) == true { byState.pinned += 1 }
+            else if u.leased { byState.leased += 1 }
+            else { byState.shared += 1 }
+        }
         gauges[Metrics.upstreams.name] = MetricValues(Metrics.upstreams, [
-            ("shared", d(ups.filter { !$0.leased && $0.hub == nil && $0.state == .ready }.count - control)),
-            ("leased", d(ups.filter { $0.leased && $0.hub == nil }.count - pinned)),
-            ("pinned", d(pinned)),
-            ("pubsub", d(ups.filter { $0.hub != nil }.count)),
-            ("control", d(control)),
-            ("connecting", d(ups.filter { $0.state != .ready }.count)),
+            ("shared", d(byState.shared)), ("leased", d(byState.leased)), ("pinned", d(byState.pinned)),
+            ("pubsub", d(byState.pubsub)), ("control", d(byState.control)), ("connecting", d(byState.connecting)),
         ])
         gauge(Metrics.upstreamsMax, d(pool.cap))
         gauge(Metrics.waitQueue, d(pool.waiterCount))
@@ -155,6 +159,7 @@ final class StatsEndpoint: HTTPHandler {
         config.append("\"name\":\(Metrics.jsonString(c.namePrefix))")
         config.append("\"client_auth\":\(c.clientPassword == nil ? "false" : "true")")
         config.append("\"keys\":\(Metrics.jsonString(c.keysMode.rawValue))")
+        config.append("\"deny_commands\":[\(c.deny.entries.map(Metrics.jsonString).joined(separator: ","))]")
         config.append("\"wait_timeout\":\(c.waitTimeout)")
         config.append("\"client_idle_timeout\":\(c.clientIdleTimeout)")
         config.append("\"transaction_idle_timeout\":\(c.transactionIdleTimeout)")

@@ -25,6 +25,7 @@ extension ClientSession {
         case .endTransaction:
             if l.multi {
                 l.multi = false
+                l.denied = false
                 l.watching = false             // EXEC and DISCARD unwatch everything
                 multiQueued = -1
             }
@@ -53,6 +54,7 @@ extension ClientSession {
         switch t {
         case .multi: return leased(.multi)
         case .watch: return leased(.watch)
+        case .exec where leaseState?.denied == true: return abortDeniedTransaction()
         case .exec, .discard: return lease == nil ? forward() : leased(.endTransaction)
         case .unwatch: return lease == nil ? forward() : leased(.unwatch)
         }
@@ -101,6 +103,22 @@ extension ClientSession {
         mode = .leased(Lease())
         outbox.append(.nameLease(h))
         updateFastPath()
+    }
+
+    /// EXEC of a transaction with a denied command: EXECABORT, as redis answers a transaction with a command its
+    /// ACL refused. The server's MULTI is ended by the reset the lease gets on its way back; a lease that stays
+    /// (CLIENT TRACKING) cannot be reset, so its client is closed after the answer (logged).
+    mutating func abortDeniedTransaction() -> Decision {
+        if inFlight > 0 { return .wait }
+        guard case .leased(var l) = mode else { return forward() }
+        l.multi = false
+        l.watching = false
+        l.denied = false
+        l.tainted = true
+        mode = .leased(l)
+        multiQueued = -1
+        if l.keepsLease { closeAfterReplies("denied_command_in_transaction_while_pinned") } else { endLease() }
+        return .reply(RESPWriter.errorLine("EXECABORT Transaction discarded because of previous errors."), .error)
     }
 
     /// After a MULTI that could not start, the client's pipelined transaction is answered as redis answers one whose

@@ -40,6 +40,8 @@ public struct ClientSession {
         /// Pinned: server state tied to the connection that lasts beyond a transaction (MONITOR until RESET or the
         /// client closes; CLIENT TRACKING until it is turned off or RESET).
         public var monitor = false
+        /// A command of the open transaction was denied (RESPOOL_DENY_COMMANDS): EXEC answers EXECABORT.
+        public var denied = false
         public var tracking = false
         /// A transaction's state (MULTI, WATCH): subject to RESPOOL_TRANSACTION_IDLE_TIMEOUT.
         public var holdsState: Bool { multi || watching }
@@ -305,6 +307,15 @@ public struct ClientSession {
                 return .reply(RESPWriter.errorLine(CommandTable.serverRejection(r.args)
                     ?? "ERR Can't execute '\(CommandTable.fullName(r.args))': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"), .error)
             }
+        }
+        // Denied (RESPOOL_DENY_COMMANDS) after the authentication check and before anything else, as an ACL denial.
+        if !context.deny.isEmpty, let denied = context.deny.denied(name: r.name, arg1: r.args.count > 1 ? SmallBytes(lowercasing: r.args[1]) : nil) {
+            if inFlight > 0 { return .wait }
+            if case .leased(var l) = mode, l.multi {
+                l.denied = true
+                mode = .leased(l)
+            }
+            return .reply(DenyList.error(denied), .refused)
         }
         if case .refusedTransaction(let reason) = mode {
             switch r.route {

@@ -104,6 +104,8 @@ public struct Config: Equatable, Sendable {
     public var pinning: Bool
     /// CONFIG GET replies with the upstream's secrets (requirepass, masterauth, TLS key passphrases) masked.
     public var maskSecrets: Bool
+    /// RESPOOL_DENY_COMMANDS: commands answered with an error instead of reaching the server.
+    public var deny: DenyList
     /// Used when the upstream URL is rediss://.
     public var tls: TLSSettings
 
@@ -185,6 +187,8 @@ public struct Config: Equatable, Sendable {
               help: "allow: a client that sends a command tying server state to its connection (MONITOR, CLIENT TRACKING) gets an upstream connection of its own while that state lasts, counted like a lease; deny: such commands get an error."),
         .init(variable: "RESPOOL_MASK_SECRETS", flag: "mask-secrets", defaultText: "on",
               help: "on: CONFIG GET replies carrying the upstream's secrets (requirepass, masterauth, tls-key-file-pass, tls-client-key-file-pass) show \"(masked by respool)\" instead of a non-empty value, so an app that knows only respool's address or RESPOOL_CLIENT_PASSWORD cannot read the server's password; off: passed as they are."),
+        .init(variable: "RESPOOL_DENY_COMMANDS", flag: "deny-commands", defaultText: "(none)",
+              help: "Commands respool answers with a NOPERM error instead of passing them on, e.g. \"FLUSHALL,FLUSHDB,CONFIG|SET,DEBUG\" (NAME or NAME|SUBCOMMAND, case-insensitive, separated by commas); inside MULTI the error makes EXEC fail with EXECABORT, as an ACL denial does."),
         .init(variable: "RESPOOL_DATABASES", flag: "databases", defaultText: "16",
               help: "Number of databases of the server (its `databases` setting): SELECT accepts 0 to this minus 1."),
         .init(variable: "RESPOOL_MAX_BULK_LENGTH", flag: "max-bulk-length", defaultText: "536870912",
@@ -377,6 +381,7 @@ public struct Config: Equatable, Sendable {
         } else {
             maskSecrets = true
         }
+        deny = try value("RESPOOL_DENY_COMMANDS").map { (t) throws(ConfigError) in try DenyList(parsing: t) } ?? DenyList()
         tls = TLSSettings()
         let tlsVariables = ["RESPOOL_TLS_VERIFY", "RESPOOL_TLS_CA_FILE", "RESPOOL_TLS_CERT_FILE", "RESPOOL_TLS_KEY_FILE", "RESPOOL_TLS_SERVER_NAME"]
         if !upstream.tls, let set = tlsVariables.first(where: { value($0) != nil }) {

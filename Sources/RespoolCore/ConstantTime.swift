@@ -5,14 +5,16 @@ public enum ConstantTime {
     /// repeated), and the lengths are compared in full width, so neither an early exit nor a truncated length tells
     /// an attacker how much of a guess was right (a password followed by NUL bytes once passed, its length having
     /// been compared in 8 bits).
-    public static func equal(_ guess: [UInt8], _ secret: [UInt8]) -> Bool {
+    /// Generic so a test can count the reads (ConstantTimeTests): the same number for every guess of a length.
+    public static func equal<Guess: Collection, Secret: RandomAccessCollection>(_ guess: Guess, _ secret: Secret) -> Bool
+        where Guess.Element == UInt8, Secret.Element == UInt8, Secret.Index == Int {
         var diff = UInt(bitPattern: guess.count ^ secret.count)
         if secret.isEmpty { return guess.isEmpty }
-        var j = 0
+        var j = secret.startIndex
         for b in guess {
             diff |= UInt(b ^ secret[j])
             j += 1
-            if j == secret.count { j = 0 }
+            if j == secret.endIndex { j = secret.startIndex }
         }
         return diff == 0
     }

@@ -58,6 +58,8 @@ public struct SessionContext: Sendable {
     /// The URL's credentials: a client's AUTH with these succeeds without asking the server.
     public var urlUser: [UInt8]?
     public var urlPassword: [UInt8]?
+    /// RESPOOL_DENY_COMMANDS.
+    public var deny = DenyList()
 
     /// One hub per protocol and user (a credential id; 0 is the URL's).
     public static func hubKey(proto: Int, user: Int) -> Int { user * 4 + proto }
@@ -73,6 +75,7 @@ public struct SessionContext: Sendable {
         self.init(clientPassword: config.clientPassword.map { Array($0.utf8) }, databases: config.databases,
                   defaultDB: config.upstream.db, keysMode: config.keysMode)
         pinning = config.pinning
+        deny = config.deny
         urlUser = config.upstream.username.map { Array($0.utf8) }
         urlPassword = config.upstream.password.map { Array($0.utf8) }
     }

@@ -112,4 +112,38 @@ final class ConstantTimeTests: XCTestCase {
         XCTAssertTrue(ConstantTime.equal([], []))
         XCTAssertFalse(ConstantTime.equal([0], []))
     }
+
+    /// Bytes that count how often they are read.
+    final class Counter: @unchecked Sendable { var reads = 0 }
+    struct Counted: RandomAccessCollection {
+        let bytes: [UInt8]
+        let counter: Counter
+        var startIndex: Int { 0 }
+        var endIndex: Int { bytes.count }
+        subscript(i: Int) -> UInt8 {
+            counter.reads += 1
+            return bytes[i]
+        }
+    }
+
+    /// The timing of a password check: the work (bytes read of the guess and of the secret) is the same for every
+    /// guess of a given length, however much of it matches: no early exit tells how much of a guess was right.
+    func testWorkDependsOnlyOnTheGuessLength() {
+        let secret = Array("correct horse battery staple".utf8)
+        for length in [0, 1, 5, secret.count - 1, secret.count, secret.count + 1, 100] {
+            var work: Set<[Int]> = []
+            let guesses: [[UInt8]] = [
+                [UInt8](repeating: 0, count: length),
+                Array((secret + secret + secret + secret).prefix(length)),                 // right as far as it goes
+                Array((secret + secret + secret + secret).prefix(length)).map { $0 ^ 1 },  // wrong from the first byte
+                (0..<length).map { i in i == length - 1 ? 0 : secret[i % secret.count] },  // wrong at the last byte only
+            ]
+            for guess in guesses {
+                let g = Counter(), s = Counter()
+                _ = ConstantTime.equal(Counted(bytes: guess, counter: g), Counted(bytes: secret, counter: s))
+                work.insert([g.reads, s.reads])
+            }
+            XCTAssertEqual(work.count, 1, "length \(length): reads \(work)")
+        }
+    }
 }

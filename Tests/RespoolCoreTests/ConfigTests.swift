@@ -9,6 +9,9 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(c.upstream, RedisURL(host: "127.0.0.1", port: 6379))
         XCTAssertEqual(c.upstreamSource, "default")
         XCTAssertEqual(c.bind, "127.0.0.1")
+        XCTAssertEqual(c.statsBind, "127.0.0.1")
+        XCTAssertTrue(c.deny.isEmpty)
+        XCTAssertTrue(c.maskSecrets)
         XCTAssertEqual(c.port, 6380)
         XCTAssertNil(c.socketPath)
         XCTAssertEqual(c.maxServerConnections, 10)
@@ -57,7 +60,8 @@ final class ConfigTests: XCTestCase {
             ("RESPOOL_PORT", "abc"), ("RESPOOL_PORT", "70000"), ("RESPOOL_MAX_SERVER_CONNECTIONS", "0"),
             ("RESPOOL_MAX_CLIENTS", "-1"), ("RESPOOL_LOG_LEVEL", "loud"), ("RESPOOL_CONNECT_TIMEOUT", "0"),
             ("RESPOOL_SHUTDOWN_TIMEOUT", "soon"), ("RESPOOL_URL", "http://x"), ("REDIS_URL", "redis://h:0"),
-            ("RESPOOL_MAX_BULK_LENGTH", "0"), ("RESPOOL_BIND", "a b"),
+            ("RESPOOL_MAX_BULK_LENGTH", "0"), ("RESPOOL_BIND", "a b"), ("RESPOOL_DENY_COMMANDS", "flush*"),
+            ("RESPOOL_DENY_COMMANDS", "config|set|x"), ("RESPOOL_DENY_COMMANDS", "config|"), ("RESPOOL_DENY_COMMANDS", "+@all"),
         ]
         for (variable, value) in cases {
             XCTAssertThrowsError(try Config(environment: [variable: value]), "\(variable)=\(value)") { e in
@@ -66,6 +70,18 @@ final class ConfigTests: XCTestCase {
                 XCTAssertTrue("\(ce)".hasPrefix("\(variable): "), "\(ce)")
             }
         }
+    }
+
+    func testDenyList() throws {
+        let d = try Config(environment: ["RESPOOL_DENY_COMMANDS": "FLUSHALL, flushall,Config|SET  debug"]).deny
+        XCTAssertEqual(d.entries, ["flushall", "config|set", "debug"])
+        XCTAssertEqual(d.denied(name: SmallBytes("flushall"), arg1: nil), "flushall")
+        XCTAssertEqual(d.denied(name: SmallBytes("config"), arg1: SmallBytes("set")), "config|set")
+        XCTAssertNil(d.denied(name: SmallBytes("config"), arg1: SmallBytes("get")))
+        XCTAssertNil(d.denied(name: SmallBytes("config"), arg1: nil))
+        XCTAssertNil(d.denied(name: SmallBytes("get"), arg1: nil))
+        XCTAssertTrue(try Config(environment: [:]).deny.isEmpty)
+        XCTAssertTrue(try Config(environment: ["RESPOOL_DENY_COMMANDS": " , "]).deny.isEmpty)
     }
 
     func testURLParsing() throws {
