@@ -286,6 +286,15 @@ public struct ClientSession {
         return d
     }
 
+    /// The error for a command refused before it runs, as redis-server's rejectCommand words it: an EXEC refused so
+    /// gets "EXECABORT Transaction discarded because of: " and the reason (without its "ERR " code, which redis adds
+    /// only to plain errors), whether or not a transaction was open.
+    static func rejection(_ message: String, _ r: Request) -> [UInt8] {
+        guard r.name == SmallBytes("exec") else { return RESPWriter.errorLine(message) }
+        let reason = message.hasPrefix("ERR ") ? String(message.dropFirst(4)) : message
+        return RESPWriter.errorLine("EXECABORT Transaction discarded because of: " + reason)
+    }
+
     mutating func route(_ r: Request, context: SessionContext) -> Decision {
         if mode == .scanning || (onControl && inFlight > 0) { return .wait }
         if !authenticated {
@@ -294,7 +303,7 @@ public struct ClientSession {
             default:
                 if inFlight > 0 { return .wait }
                 // redis-server rejects an unknown command (or a wrong argument count) before asking for AUTH.
-                return .reply(RESPWriter.errorLine(CommandTable.serverRejection(r.args) ?? "NOAUTH Authentication required."), .error)
+                return .reply(Self.rejection(CommandTable.serverRejection(r.args) ?? "NOAUTH Authentication required.", r), .error)
             }
         }
         // Confirmations of an earlier SUBSCRIBE are still due: keep the order.
@@ -304,18 +313,19 @@ public struct ClientSession {
             case .pubsub, .ping, .local(.quit), .local(.reset): break
             default:
                 if inFlight > 0 { return .wait }
-                return .reply(RESPWriter.errorLine(CommandTable.serverRejection(r.args)
-                    ?? "ERR Can't execute '\(CommandTable.fullName(r.args))': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"), .error)
+                return .reply(Self.rejection(CommandTable.serverRejection(r.args)
+                    ?? "ERR Can't execute '\(CommandTable.fullName(r.args))': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context", r), .error)
             }
         }
         // Denied (RESPOOL_DENY_COMMANDS) after the authentication check and before anything else, as an ACL denial.
         if !context.deny.isEmpty, let denied = context.deny.denied(name: r.name, arg1: r.args.count > 1 ? SmallBytes(lowercasing: r.args[1]) : nil) {
             if inFlight > 0 { return .wait }
             if case .leased(var l) = mode, l.multi {
+                if r.name == SmallBytes("exec") { return abortDeniedTransaction(because: DenyList.message(denied)) }
                 l.denied = true
                 mode = .leased(l)
             }
-            return .reply(DenyList.error(denied), .refused)
+            return .reply(Self.rejection(DenyList.message(denied), r), .refused)
         }
         if case .refusedTransaction(let reason) = mode {
             switch r.route {

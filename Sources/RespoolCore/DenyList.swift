@@ -47,7 +47,7 @@ public struct DenyList: Sendable, Equatable {
     }
 
     /// The error a denied command gets (the NOPERM code, as an ACL denial has).
-    public static func error(_ command: String) -> [UInt8] {
-        RESPWriter.errorLine("NOPERM respool denies the '\(command)' command here (RESPOOL_DENY_COMMANDS)")
+    public static func message(_ command: String) -> String {
+        "NOPERM respool denies the '\(command)' command here (RESPOOL_DENY_COMMANDS)"
     }
 }

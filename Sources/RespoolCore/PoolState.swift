@@ -1,5 +1,6 @@
 // PoolState: the bounded set of upstream connections as pure state, the only place that counts them. It decides which
-// connection a client uses (fill-first), leases (at most cap - 1, pub/sub subscriber connections included), when to
+// connection a client uses (fill-first), leases (at most `leaseLimit`, pub/sub subscriber connections included, one
+// kept for the first subscriber connection from a cap of 6), when to
 // open, check, switch or close a connection, who waits and in what order, and the back-off after failed connects.
 // No I/O, no clock of its own: the driver passes `now`, carries out the actions it queues (`next()`), and reports
 // what happened on the sockets. The cap invariant lives here: connections (opening ones included) never exceed `cap`.
@@ -97,12 +98,18 @@ public struct PoolState {
         /// connection is stuck. Opened when first needed, closed when idle like a shared one.
         case control
 
-        /// Exclusive: a client's lease or the hub's subscriber connection (counted against cap - 1).
+        /// Exclusive: a client's lease or the hub's subscriber connection (counted against `leaseLimit`).
         public var isLease: Bool {
             switch self {
             case .leased, .subscriber: return true
             case .shared, .control: return false
             }
+        }
+
+        /// A client's lease (a transaction, a blocking call, a pin).
+        public var isClientLease: Bool {
+            if case .leased = self { return true }
+            return false
         }
     }
 
@@ -234,6 +241,14 @@ public struct PoolState {
     var room: Int { settings.cap - max(reserved, controlUsed) - dataUsed }
     /// Leases (and subscriber connections) at once: one data connection always stays shared.
     public var leaseLimit: Int { settings.cap - reserved - 1 }
+    /// From a cap of 6, one of those is kept for the first pub/sub subscriber connection: clients' leases and pins
+    /// never take it, so a SUBSCRIBE gets its connection even while every other lease is held (workers blocked in
+    /// BLPOP), instead of waiting for one to end.
+    public var hubReserve: Int { settings.cap >= 6 ? 1 : 0 }
+    /// Clients' leases and pins (open or opening): subscriber connections are leases without a client.
+    public var clientLeaseCount: Int {
+        connections.reduce(0) { $0 + ($1.role.isClientLease ? 1 : 0) } + openings.reduce(0) { $0 + ($1.role.isClientLease ? 1 : 0) }
+    }
     public func connection(_ h: ConnHandle) -> Connection? { connections.first { $0.handle == h } }
     func index(_ h: ConnHandle) -> Int? { connections.firstIndex { $0.handle == h } }
 
@@ -440,6 +455,7 @@ public struct PoolState {
             return .fail("ERR respool: this command needs a dedicated upstream connection, and with RESPOOL_MAX_SERVER_CONNECTIONS=1 none can be leased")
         }
         if leasedCount + leasesOpening >= leaseLimit || closing { return .wait }
+        if role.isClientLease && clientLeaseCount >= leaseLimit - hubReserve { return .wait }
         let shared = sharedCount
         if shared > 1, let i = connections.firstIndex(where: {
             $0.role == .shared && $0.proto == proto && $0.db == db && $0.user == user && $0.phase == .ready && !$0.retiring

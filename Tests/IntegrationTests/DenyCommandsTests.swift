@@ -63,4 +63,24 @@ final class DenyCommandsTests: IntegrationTestCase {
             XCTAssertGreaterThan(keys, 0, "nothing was flushed")
         }
     }
+
+    /// EXEC itself denied: EXECABORT with the NOPERM reason, the transaction discarded (nothing of it ran, and a new
+    /// MULTI is not "nested"), as directly for a user whose ACL lacks EXEC.
+    func testDeniedExecDiscardsTheTransaction() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(env: ["RESPOOL_DENY_COMMANDS": "exec"]) { redis, respool in
+            let p = keyPrefix()
+            let admin = try redis.client()
+            assertReply(try admin.command("ACL", "SETUSER", "\(p)noexec", "on", ">pw", "~*", "&*", "+@all", "-exec"), Reply.ok)
+            let direct = try redis.client()
+            assertReply(try direct.command("AUTH", "\(p)noexec", "pw"), Reply.ok)
+            for (name, c) in [("direct", direct), ("respool", try respool.client())] {
+                let r = try c.pipeline([["MULTI"], ["SET", "\(p)\(name)", "1"], ["EXEC"], ["MULTI"], ["DISCARD"], ["EXISTS", "\(p)\(name)"]])
+                XCTAssertEqual(r[0], Reply.ok, name)
+                XCTAssertEqual(r[1], Reply.simple("QUEUED"), name)
+                XCTAssertTrue(r[2].isError(prefix: "EXECABORT Transaction discarded because of: NOPERM"), "\(name): \(show(r[2]))")
+                XCTAssertEqual(Array(r[3...]), [Reply.ok, Reply.ok, Reply.int(0)], name)
+            }
+        }
+    }
 }

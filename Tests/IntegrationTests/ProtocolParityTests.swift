@@ -74,6 +74,25 @@ final class ProtocolParityTests: IntegrationTestCase {
 
     func testRESP2RepliesMatchRedisServer() throws { try checkParity(proto: 2) }
 
+    /// A command refused before it runs is worded as redis-server's rejectCommand words it; for EXEC that is
+    /// "EXECABORT Transaction discarded because of: <reason>", with or without a transaction (before AUTH, with a
+    /// wrong argument count, in RESP2 subscribed mode): the same bytes through respool as directly. (Found by
+    /// scripts/fuzz connections.)
+    func testRefusedExecIsWordedAsRedisWordsIt() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(password: "pw", env: ["RESPOOL_CLIENT_PASSWORD": "pw"]) { redis, respool in
+            let direct = try TestClient(redis.endpoint, timeout: 10), proxied = try respool.client()   // not authenticated yet
+            let steps: [[String]] = [["EXEC"], ["EXEC", "x"], ["MULTI"], ["AUTH", "pw"], ["EXEC", "x"], ["SUBSCRIBE", "\(keyPrefix())ch"],
+                                     ["EXEC"], ["MULTI"], ["DISCARD"], ["PING"], ["RESET"], ["EXEC"]]
+            for step in steps {
+                try direct.sendCommand(step)
+                try proxied.sendCommand(step)
+                let want = String(decoding: try direct.readRawReply(timeout: 10), as: UTF8.self)
+                XCTAssertEqual(String(decoding: try proxied.readRawReply(timeout: 10), as: UTF8.self), want, "\(step)")
+            }
+        }
+    }
+
     func testRESP3RepliesMatchRedisServer() throws {
         try requireRealRespool()
         try checkParity(proto: 3)

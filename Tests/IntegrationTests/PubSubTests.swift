@@ -63,6 +63,33 @@ final class PubSubTests: IntegrationTestCase {
     /// RESP2 subscribed mode: only the subscribe family, PING, QUIT and RESET; PING answers [pong, msg]; UNSUBSCRIBE
     /// without arguments confirms every channel and leaves subscribed mode. RESP3: push frames, and other commands
     /// keep working while subscribed.
+    /// Workers blocked in BLPOP take every client lease of a cap of 6 (three: the lease limit is four, one kept for
+    /// the pub/sub connection), and a fourth waits: a SUBSCRIBE still gets the pub/sub connection at once and
+    /// messages flow. Before, the fourth worker took the last lease and the SUBSCRIBE waited for one to end, getting
+    /// the wait-timeout error instead. (Found by scripts/fuzz connections.)
+    func testSubscribeIsAnsweredWhileBlockedWorkersHoldEveryLease() throws {
+        try requireRealRespool()
+        try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "6", "RESPOOL_WAIT_TIMEOUT": "2"]) { redis, respool in
+            let p = keyPrefix()
+            let workers = try (0..<4).map { _ in try respool.client() }
+            for (i, w) in workers.enumerated() { try w.sendCommand(["BLPOP", "\(p)jobs\(i)", "0"]) }
+            let admin = try redis.client()
+            XCTAssertTrue(try waitUntil {
+                (try admin.command("INFO", "clients").string ?? "").contains("blocked_clients:3")
+            }, "three blocked clients on the server")
+            let subscriber = try respool.client()
+            assertReply(try subscriber.command("SUBSCRIBE", "\(p)news"), Reply.array([Reply.bulk("subscribe"), Reply.bulk("\(p)news"), Reply.int(1)]))
+            assertReply(try respool.client().command("PUBLISH", "\(p)news", "hello"), Reply.int(1))
+            assertReply(try subscriber.readValue(timeout: 10), Reply.array([Reply.bulk("message"), Reply.bulk("\(p)news"), Reply.bulk("hello")]))
+            let fourth = try workers[3].readValue(timeout: 10)
+            XCTAssertEqual(fourth.errorText, "ERR respool: no upstream connection free within 2s (cap 6 reached)", show(fourth))
+            for i in 0..<3 { assertReply(try admin.command("RPUSH", "\(p)jobs\(i)", "j"), Reply.int(1)) }
+            for (i, w) in workers.prefix(3).enumerated() {
+                assertReply(try w.readValue(timeout: 10), Reply.bulks(["\(p)jobs\(i)", "j"]))
+            }
+        }
+    }
+
     func testSubscribedModeRulesAndRESP3Pushes() throws {
         try requireRealRespool()
         try withRedisAndRespool(env: ["RESPOOL_MAX_SERVER_CONNECTIONS": "4"]) { redis, respool in

@@ -96,6 +96,40 @@ final class SecurityTests: IntegrationTestCase {
         }
     }
 
+    /// The TCP ports `pid` listens on (its socket inodes matched against /proc/net/tcp's LISTEN entries).
+    func listeningPorts(_ pid: pid_t) throws -> [Int] {
+        let fdDir = "/proc/\(pid)/fd"
+        let inodes = Set(try FileManager.default.contentsOfDirectory(atPath: fdDir).compactMap { fd -> String? in
+            guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "\(fdDir)/\(fd)"),
+                  target.hasPrefix("socket:[") else { return nil }
+            return String(target.dropFirst(8).dropLast())
+        })
+        var ports: [Int] = []
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            for line in (try String(contentsOfFile: table, encoding: .utf8)).split(separator: "\n").dropFirst() {
+                let f = line.split(separator: " ")
+                guard f.count > 9, f[3] == "0A", inodes.contains(String(f[9])),
+                      let port = Int(f[1].split(separator: ":").last ?? "", radix: 16) else { continue }
+                ports.append(port)
+            }
+        }
+        return ports.sorted()
+    }
+
+    /// RESPOOL_STATS_PORT=off: respool listens on its client port only; by default also on the stats port.
+    func testStatsEndpointOffListensOnTheClientPortOnly() throws {
+        try requireRealRespool()
+        try withRedis { redis in
+            try withRespool(upstream: redis, env: ["RESPOOL_STATS_PORT": "off"]) { respool in
+                XCTAssertNil(respool.statsPort)
+                XCTAssertEqual(try listeningPorts(try XCTUnwrap(respool.process?.pid)), [respool.port])
+            }
+            try withRespool(upstream: redis) { respool in
+                XCTAssertEqual(try listeningPorts(try XCTUnwrap(respool.process?.pid)), [respool.port, try XCTUnwrap(respool.statsPort)].sorted())
+            }
+        }
+    }
+
     /// `respool exec`: the app inherits no descriptor of respool's (only 0, 1, 2; `ls` adds the one it reads
     /// /proc/self/fd with), and nothing in its environment carries the upstream's password or address.
     func testExecHandsTheAppNoDescriptorAndNoUpstreamSecret() throws {

@@ -194,6 +194,9 @@ final class ModelTests: XCTestCase {
         }
         let leased = pool.connections.filter { $0.role.isLease }.count + pool.openings.filter { $0.role.isLease }.count
         if sim.cap >= 2 && leased > pool.leaseLimit { sim.fail("\(when): \(leased) leases with a cap of \(sim.cap)") }
+        if sim.cap >= 2 && pool.clientLeaseCount > pool.leaseLimit - pool.hubReserve {
+            sim.fail("\(when): \(pool.clientLeaseCount) client leases with a cap of \(sim.cap): the subscriber slot was taken")
+        }
         // One control connection at most, and the data path never takes the slot kept for it.
         let control = pool.connections.filter { $0.role == .control }.count + pool.openings.filter { $0.role == .control }.count
         let data = pool.connections.count + pool.openings.count - control

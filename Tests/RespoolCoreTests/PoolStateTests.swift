@@ -137,6 +137,22 @@ final class PoolStateTests: XCTestCase {
         XCTAssertLessThanOrEqual(t.pool.leasedCount, 2)
     }
 
+    /// From a cap of 6 one lease slot is kept for the first subscriber connection: clients' leases stop one short,
+    /// so a SUBSCRIBE gets its connection at once while every client lease is held; a second hub competes as usual.
+    func testASubscriberConnectionIsNeverStarvedByLeases() {
+        XCTAssertEqual(PoolHarness(settings(cap: 5)).pool.hubReserve, 0)
+        let t = PoolHarness(settings(cap: 6))
+        XCTAssertEqual(t.pool.leaseLimit, 4)
+        XCTAssertEqual(t.pool.hubReserve, 1)
+        for c in 1...3 { XCTAssertNotNil(use(t.lease(c)), "client \(c)") }
+        XCTAssertEqual(t.lease(4), .wait, "the fourth lease slot is the subscriber's")
+        XCTAssertEqual(t.pool.clientLeaseCount, 3)
+        let sub = t.pool.subscriber(client: 9, proto: 2, now: t.now)
+        XCTAssertNotEqual(sub, .wait, "the subscriber connection is not starved")
+        XCTAssertEqual(t.pool.subscriber(client: 10, proto: 3, now: t.now), .wait, "a second hub waits for a lease to end")
+        XCTAssertLessThanOrEqual(t.pool.count, 6)
+    }
+
     func testNoLeaseWithACapOfOne() {
         let t = PoolHarness(settings(cap: 1))
         guard case .fail(let why) = t.lease(1) else { return XCTFail() }
