@@ -169,6 +169,30 @@ struct Transcript: Equatable, CustomStringConvertible {
     /// The reference's arguments of each multibulk request (nil for inline ones and replies); not compared.
     var arguments: [[[UInt8]]?] = []
 
+    /// A reference decoder's transcript of `length` bytes: `next` frames from an offset, until the stream ends,
+    /// stops in a partial frame or fails.
+    static func stepping(_ length: Int, _ next: (Int) -> (ReferenceStep, [[UInt8]]?)) -> Transcript {
+        var t = Transcript()
+        var at = 0
+        while at < length {
+            let (step, args) = next(at)
+            switch step {
+            case .frame(let end, let head):
+                t.ends.append(end)
+                t.heads.append(head)
+                t.arguments.append(args)
+                at = end
+            case .incomplete:
+                t.pending = true
+                return t
+            case .error(let m):
+                t.error = m
+                return t
+            }
+        }
+        return t
+    }
+
     static func == (a: Transcript, b: Transcript) -> Bool {
         a.ends == b.ends && a.heads == b.heads && a.error == b.error && a.pending == b.pending
     }
@@ -278,27 +302,7 @@ struct ReferenceRequests {
     let bytes: [UInt8]
     let limits: RESPLimits
 
-    func transcript() -> Transcript {
-        var t = Transcript()
-        var at = 0
-        while at < bytes.count {
-            let (step, args) = request(at: at)
-            switch step {
-            case .frame(let end, let head):
-                t.ends.append(end)
-                t.heads.append(head)
-                t.arguments.append(args)
-                at = end
-            case .incomplete:
-                t.pending = true
-                return t
-            case .error(let m):
-                t.error = m
-                return t
-            }
-        }
-        return t
-    }
+    func transcript() -> Transcript { Transcript.stepping(bytes.count) { request(at: $0) } }
 
     func request(at p: Int) -> (ReferenceStep, [[UInt8]]?) {
         bytes[p] == UInt8(ascii: "*") ? multibulk(at: p) : (inline(at: p), nil)
@@ -391,30 +395,12 @@ struct ReferenceReplies {
         case error(String)
     }
 
-    func transcript() -> Transcript {
-        var t = Transcript()
-        var at = 0
-        while at < bytes.count {
-            switch value(at: at) {
-            case .done(let end, let kind):
-                t.ends.append(end)
-                t.heads.append(show([kind]))
-                t.arguments.append(nil)
-                at = end
-            case .incomplete:
-                t.pending = true
-                return t
-            case .error(let m):
-                t.error = m
-                return t
-            }
-        }
-        return t
-    }
+    func transcript() -> Transcript { Transcript.stepping(bytes.count) { (step(at: $0), nil) } }
 
-    func first() -> ReferenceStep {
-        guard !bytes.isEmpty else { return .incomplete }
-        switch value(at: 0) {
+    func first() -> ReferenceStep { bytes.isEmpty ? .incomplete : step(at: 0) }
+
+    func step(at p: Int) -> ReferenceStep {
+        switch value(at: p) {
         case .done(let end, let kind): return .frame(end: end, head: show([kind]))
         case .incomplete: return .incomplete
         case .error(let m): return .error(m)
