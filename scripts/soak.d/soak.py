@@ -380,6 +380,14 @@ def rss_mib(pid):
     return None
 
 
+def running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def open_fds(pid):
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -523,7 +531,14 @@ def main():
     max_conns, samples, rss, fds_max, respool_upstreams_max = 0, 0, [], 0, 0
     mon = None
     warm_rss = None
+    died_at = None
     while time.monotonic() < deadline:
+        if not running(a.respool_pid):
+            died_at = time.monotonic() - start
+            print(f"respool stopped running {died_at:.1f} s into the run", flush=True)
+            for w in workers:
+                w.deadline = time.monotonic()   # the clients stop too
+            break
         try:
             if mon is None:
                 mon = Conn(a.redis_port, timeout=5)
@@ -604,7 +619,7 @@ def main():
     if not rss_ok:
         print("respool's RSS did not come back near its warm-up level")
     errors_ok = done or stats.upstream_errors == 0
-    ok = (stats.mismatch_count == 0 and max_conns <= a.cap and respool_upstreams_max <= a.cap and stuck == 0
+    ok = (died_at is None and stats.mismatch_count == 0 and max_conns <= a.cap and respool_upstreams_max <= a.cap and stuck == 0
           and samples > 0 and not leftovers and rss_ok and errors_ok)
     print("result: " + ("ok" if ok else "FAILED"))
     sys.stdout.flush()
