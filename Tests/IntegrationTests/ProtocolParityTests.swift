@@ -81,6 +81,9 @@ final class ProtocolParityTests: IntegrationTestCase {
     func testRefusedExecIsWordedAsRedisWordsIt() throws {
         try requireRealRespool()
         try withRedisAndRespool(password: "pw", env: ["RESPOOL_CLIENT_PASSWORD": "pw"]) { redis, respool in
+            // Argument counts are judged from the server's command table, which respool learns just after start.
+            XCTAssertNotNil(respool.stdout?.waitForLine(timeout: 20) { $0.contains("msg=\"command table learned from the server\"") },
+                            respool.output)
             let direct = try TestClient(redis.endpoint, timeout: 10), proxied = try respool.client()   // not authenticated yet
             let steps: [[String]] = [["EXEC"], ["EXEC", "x"], ["MULTI"], ["AUTH", "pw"], ["EXEC", "x"], ["SUBSCRIBE", "\(keyPrefix())ch"],
                                      ["EXEC"], ["MULTI"], ["DISCARD"], ["PING"], ["RESET"], ["EXEC"]]
