@@ -55,7 +55,7 @@ extension ClientSession {
         case .multi: return leased(.multi)
         case .watch: return leased(.watch)
         case .exec where leaseState?.denied == true:
-            return abortDeniedTransaction(because: "EXECABORT Transaction discarded because of previous errors.")
+            return abortDeniedTransaction(RESPWriter.errorLine("EXECABORT Transaction discarded because of previous errors."))
         case .exec, .discard: return lease == nil ? forward() : leased(.endTransaction)
         case .unwatch: return lease == nil ? forward() : leased(.unwatch)
         }
@@ -109,7 +109,7 @@ extension ClientSession {
     /// EXEC of a transaction with a denied command: EXECABORT, as redis answers a transaction with a command its
     /// ACL refused. The server's MULTI is ended by the reset the lease gets on its way back; a lease that stays
     /// (CLIENT TRACKING) cannot be reset, so its client is closed after the answer (logged).
-    mutating func abortDeniedTransaction(because reply: String) -> Decision {
+    mutating func abortDeniedTransaction(_ reply: [UInt8]) -> Decision {
         if inFlight > 0 { return .wait }
         guard case .leased(var l) = mode else { return forward() }
         l.multi = false
@@ -119,7 +119,7 @@ extension ClientSession {
         mode = .leased(l)
         multiQueued = -1
         if l.keepsLease { closeAfterReplies("denied_command_in_transaction_while_pinned") } else { endLease() }
-        return .reply(RESPWriter.errorLine(reply.hasPrefix("EXECABORT") ? reply : "EXECABORT Transaction discarded because of: " + reply), .error)
+        return .reply(reply, .error)
     }
 
     /// After a MULTI that could not start, the client's pipelined transaction is answered as redis answers one whose

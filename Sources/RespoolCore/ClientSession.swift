@@ -321,7 +321,7 @@ public struct ClientSession {
         if !context.deny.isEmpty, let denied = context.deny.denied(name: r.name, arg1: r.args.count > 1 ? SmallBytes(lowercasing: r.args[1]) : nil) {
             if inFlight > 0 { return .wait }
             if case .leased(var l) = mode, l.multi {
-                if r.name == SmallBytes("exec") { return abortDeniedTransaction(because: DenyList.message(denied)) }
+                if r.name == SmallBytes("exec") { return abortDeniedTransaction(Self.rejection(DenyList.message(denied), r)) }
                 l.denied = true
                 mode = .leased(l)
             }
