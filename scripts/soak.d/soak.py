@@ -615,7 +615,9 @@ def main():
         print("left over in respool after every client closed: " + (", ".join(leftovers) or "nothing"))
     if stuck:
         print(f"clients still running 30 s after the deadline: {stuck}")
-    rss_ok = not rss or warm_rss is None or (end_rss or rss[-1]) <= warm_rss * 1.5 + 16
+    # Under AddressSanitizer freed memory sits in its quarantine (256 MiB by default): RSS says nothing there.
+    rss_ok = (os.environ.get("SOAK_RSS_CHECK", "1") == "0" or not rss or warm_rss is None
+              or (end_rss or rss[-1]) <= warm_rss * 1.5 + 16)
     if not rss_ok:
         print("respool's RSS did not come back near its warm-up level")
     errors_ok = done or stats.upstream_errors == 0
